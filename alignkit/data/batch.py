@@ -1,0 +1,52 @@
+"""What the data layer hands to algorithms, and what it needs from a model to make it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+class ImageTextEncoder(Protocol):
+    """The frozen encoders of a backbone, as the data layer sees them."""
+
+    #: A string that changes whenever the encoders' weights or config change (cache key part).
+    identity: str
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[B, 3, H, W]`` in [-1, 1] -> scaled VAE latents ``[B, C, H/f, W/f]``."""
+        ...
+
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Prompts -> per-sample text tensors, e.g. ``{"prompt_embeds": [B, L, D]}`` (+ pooled)."""
+        ...
+
+
+@dataclass
+class PairBatch:
+    """A batch of preference pairs, winner first, already in latent space.
+
+    ``micro_cond`` is SDXL's micro-conditioning per sample: ``(orig_h, orig_w, crop_top,
+    crop_left, target_h, target_w)``; SD1.5-family models ignore it.
+    """
+
+    latents_w: torch.Tensor
+    latents_l: torch.Tensor
+    text: dict[str, torch.Tensor]
+    micro_cond: torch.Tensor
+    prompts: list[str] = field(default_factory=list)
+    row_ids: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.latents_w.shape[0]
+
+    def to(self, device: torch.device | str) -> PairBatch:
+        return PairBatch(
+            latents_w=self.latents_w.to(device),
+            latents_l=self.latents_l.to(device),
+            text={k: v.to(device) for k, v in self.text.items()},
+            micro_cond=self.micro_cond.to(device),
+            prompts=self.prompts,
+            row_ids=self.row_ids,
+        )
