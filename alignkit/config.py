@@ -8,19 +8,17 @@ neutral ones; the YAML files carry the recipe values and their provenance.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
 class LoRAConfig:
     rank: int = 8
     alpha: float = 8.0
-    target_modules: list[str] = field(
-        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"]
-    )
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     # peft's init_lora_weights: "gaussian" | "true" (kaiming A, zero B) | "pissa" | ...
     init: str = "gaussian"
     dropout: float = 0.0
@@ -30,11 +28,11 @@ class LoRAConfig:
 class ModelConfig:
     name: str = MISSING
     family: str = "sd"  # sd (SD1.x/2.x family) | sdxl
-    path: Optional[str] = None  # hub id or local diffusers folder
+    path: str | None = None  # hub id or local diffusers folder
     init: str = "pretrained"  # pretrained | random (tiny architectures built in process)
-    revision: Optional[str] = None
-    variant: Optional[str] = None
-    prediction_type: Optional[str] = None  # override the scheduler's: epsilon | v_prediction
+    revision: str | None = None
+    variant: str | None = None
+    prediction_type: str | None = None  # override the scheduler's: epsilon | v_prediction
     resolution: int = 512
     finetune: str = "lora"  # lora | full
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -46,32 +44,24 @@ class ModelConfig:
 class DataConfig:
     name: str = MISSING
     kind: str = "pairs"  # pairs | prompts
-    path: Optional[str] = None  # hub dataset id or local folder of parquet files
+    path: str | None = None  # hub dataset id or local folder of parquet files
     split: str = "train"
-    max_rows: Optional[int] = None
+    max_rows: int | None = None
     drop_ties: bool = True
     caption_dropout: float = 0.0
     random_crop: bool = False  # False: centre crop
     random_flip: bool = True
     cache: bool = True
-    cache_dir: Optional[str] = None  # default: ~/.cache/alignkit/latents
+    cache_dir: str | None = None  # default: ~/.cache/alignkit/latents
     max_corrupt_fraction: float = 0.05
     encode_batch_size: int = 8
 
 
 @dataclass
 class AlgoConfig:
+    """Base of every algorithm's schema; each algorithm module extends it."""
+
     name: str = MISSING
-
-
-@dataclass
-class DPOConfig(AlgoConfig):
-    beta: float = 5000.0
-
-
-@dataclass
-class SFTConfig(AlgoConfig):
-    pass
 
 
 @dataclass
@@ -83,8 +73,8 @@ class RewardConfig:
 class LoggerConfig:
     name: str = "jsonl"  # jsonl | wandb | tensorboard (metrics.jsonl is always written)
     project: str = "alignkit"
-    entity: Optional[str] = None
-    mode: Optional[str] = None  # wandb: online | offline; None = online iff an API key is set
+    entity: str | None = None
+    mode: str | None = None  # wandb: online | offline; None = online iff an API key is set
 
 
 @dataclass
@@ -128,14 +118,40 @@ GROUP_SCHEMAS: dict[str, type] = {
     "logger": LoggerConfig,
 }
 
-ALGO_SCHEMAS: dict[str, type] = {"dpo": DPOConfig, "sft": SFTConfig}
+
+def config_group_options() -> dict[str, list[str]]:
+    """The YAML options of each user-facing config group, read from the shipped conf tree."""
+    from importlib.resources import files
+
+    root = files("alignkit.conf")
+    return {
+        group.name: sorted(
+            item.name[: -len(".yaml")] for item in group.iterdir() if item.name.endswith(".yaml")
+        )
+        for group in sorted(root.iterdir(), key=lambda entry: entry.name)
+        if group.is_dir() and not group.name.startswith(("_", "."))
+    }
+
+
+def _describe_groups() -> str:
+    return "\n".join(
+        f"{group}: {', '.join(options)}" for group, options in config_group_options().items()
+    )
 
 
 def register_configs() -> None:
-    """Store every schema so that YAML options can name it in their defaults list."""
+    """Store every schema so that YAML options can name it in their defaults list.
+
+    Algorithm schemas come from the algorithm registry: each algorithm class names its own
+    dataclass (``config_class``), so adding an algorithm edits no central table.
+    """
+    from alignkit.algorithms import ALGORITHMS
+
+    if not OmegaConf.has_resolver("alignkit_groups"):
+        OmegaConf.register_new_resolver("alignkit_groups", _describe_groups)
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     for group, schema in GROUP_SCHEMAS.items():
         store.store(group=f"schema/{group}", name=group, node=schema)
-    for name, schema in ALGO_SCHEMAS.items():
-        store.store(group="schema/algo", name=name, node=schema)
+    for name in ALGORITHMS.names():
+        store.store(group="schema/algo", name=name, node=ALGORITHMS.get(name).config_class)

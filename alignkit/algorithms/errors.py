@@ -1,0 +1,34 @@
+"""Per-sample denoising errors of the policy and the reference, shared by the offline algorithms."""
+
+from __future__ import annotations
+
+import torch
+
+from alignkit.models import Backbone
+from alignkit.models.schedule import per_sample_mse
+
+
+def denoising_errors(
+    backbone: Backbone,
+    latents: torch.Tensor,
+    text: dict[str, torch.Tensor],
+    micro_cond: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    with_reference: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``MSE(model(x_t) - target)`` per sample for the policy (with grad) and the reference."""
+    device = backbone.device
+    latents, noise, t = latents.to(device), noise.to(device), t.to(device)
+    x_t = backbone.add_noise(latents, noise, t)
+    target = backbone.target(latents, noise, t)
+    model_err = per_sample_mse(backbone.predict(x_t, t, text, micro_cond), target)
+    if not with_reference:
+        return model_err, None
+    ref_pred = backbone.predict(x_t, t, text, micro_cond, reference=True)
+    return model_err, per_sample_mse(ref_pred, target)
+
+
+def paired(tensor: torch.Tensor) -> torch.Tensor:
+    """Stack a per-pair tensor twice (winner half, loser half) along the batch."""
+    return torch.cat([tensor, tensor], dim=0)

@@ -1,0 +1,99 @@
+"""Build a run from a composed config and train it: what ``python -m alignkit`` does."""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from alignkit.algorithms import ALGORITHMS, build_algorithm
+from alignkit.data import build_pair_batches
+from alignkit.models import build_backbone
+from alignkit.sinks import build_sinks
+from alignkit.trainer import Trainer, TrainResult
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    train: TrainResult
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    """Hydra's output folder for this job (the sweep subfolder under -m), else output_dir."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(cfg.output_dir)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_accelerator(cfg: DictConfig) -> Accelerator:
+    precision = cfg.trainer.mixed_precision
+    if precision not in _DTYPES:
+        raise ValueError(
+            f"unknown trainer.mixed_precision={precision!r}; choose one of {sorted(_DTYPES)}"
+        )
+    if precision == "fp16" and (cfg.trainer.cpu or not torch.cuda.is_available()):
+        raise ValueError("trainer.mixed_precision=fp16 needs a GPU; on the CPU use 'no' or 'bf16'")
+    return Accelerator(mixed_precision=precision, cpu=cfg.trainer.cpu)
+
+
+def _check_data_kind(algorithm_name: str, data_kind: str) -> None:
+    wanted = ALGORITHMS.get(algorithm_name).data_kind
+    if wanted != data_kind:
+        raise ValueError(
+            f"algo={algorithm_name} trains on {wanted} data but data.kind={data_kind!r}; "
+            f"pick a data option of kind {wanted!r}"
+        )
+
+
+def run(cfg: DictConfig) -> RunResult:
+    """Train (or resume) the configured run and write its run folder."""
+    run_dir = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        cfg.output_dir = str(run_dir)
+    _check_data_kind(cfg.algo.name, cfg.data.kind)
+    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    seed_everything(cfg.seed)
+    accelerator = build_accelerator(cfg)
+    backbone = build_backbone(cfg.model, accelerator.device, _DTYPES[cfg.trainer.mixed_precision])
+    batches = build_pair_batches(
+        cfg.data,
+        backbone,
+        resolution=cfg.model.resolution,
+        batch_size=cfg.trainer.batch_size,
+        seed=cfg.seed,
+        device=accelerator.device,
+    )
+    algorithm = build_algorithm(cfg.algo, backbone)
+    trainer = Trainer(
+        cfg.trainer, backbone, algorithm, batches, run_dir, accelerator, cfg.seed, config
+    )
+    resumed = trainer.resume()
+    sinks = build_sinks(cfg.logger, run_dir, config, resumed) if accelerator.is_main_process else []
+    try:
+        result = trainer.fit(sinks)
+    finally:
+        for sink in sinks:
+            sink.close()
+    log.info("run folder: %s (final weights in %s)", run_dir, result.final_dir)
+    return RunResult(run_dir, result)

@@ -1,0 +1,47 @@
+"""Backbones: SD1.5-family and SDXL models, pretrained or tiny random-init."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from alignkit.config import ModelConfig
+from alignkit.models.backbone import Backbone
+from alignkit.models.loading import ModelLoadError, load_pretrained_components
+from alignkit.models.tiny import tiny_sd_components, tiny_sdxl_components
+
+__all__ = ["Backbone", "ModelLoadError", "build_backbone", "model_identity"]
+
+
+def model_identity(cfg: ModelConfig) -> str:
+    """A string that changes when the frozen encoders could have changed (cache keys)."""
+    parts = [cfg.family, cfg.init, str(cfg.path), str(cfg.revision), str(cfg.variant)]
+    if cfg.init == "random":
+        parts.append(str(cfg.resolution))
+    elif cfg.path and os.path.isdir(os.path.expanduser(cfg.path)):
+        root = Path(os.path.expanduser(cfg.path))
+        for sub in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+            for file in sorted((root / sub).glob("*")) if (root / sub).is_dir() else []:
+                stat = file.stat()
+                parts.append(f"{sub}/{file.name}:{stat.st_size}:{int(stat.st_mtime)}")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def build_backbone(
+    cfg: ModelConfig, device: torch.device | str = "cpu", weight_dtype: torch.dtype = torch.float32
+) -> Backbone:
+    """Load (or, for ``init=random``, build) the model and prepare it for training."""
+    if cfg.init == "random":
+        prediction_type = cfg.prediction_type or "epsilon"
+        builders = {"sd": tiny_sd_components, "sdxl": tiny_sdxl_components}
+        if cfg.family not in builders:
+            raise ModelLoadError(f"unknown model.family={cfg.family!r}; choose 'sd' or 'sdxl'")
+        components = builders[cfg.family](cfg.resolution, prediction_type)
+    elif cfg.init == "pretrained":
+        components = load_pretrained_components(cfg.path, cfg.family, cfg.revision, cfg.variant)
+    else:
+        raise ModelLoadError(f"unknown model.init={cfg.init!r}; choose 'pretrained' or 'random'")
+    return Backbone(components, cfg, model_identity(cfg), device, weight_dtype)

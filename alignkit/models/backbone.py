@@ -1,0 +1,156 @@
+"""The Backbone: a text-to-image diffusion model as every algorithm sees it.
+
+Algorithms never branch on the model family: encoding prompts, micro-conditioning, the
+training target (eps or v) and the reference prediction all live here. With LoRA the
+reference is the same UNet with adapters disabled; with full fine-tuning it is a frozen copy
+(optionally kept on the CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers.training_utils import cast_training_params
+
+from alignkit.config import ModelConfig
+from alignkit.models import lora as lora_lib
+from alignkit.models.components import Components
+from alignkit.models.schedule import add_noise, regression_target
+from alignkit.models.text import encode_prompts, unet_conditioning
+
+
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """Move, and cast only when needed (diffusers warns on every dtype cast)."""
+    module.to(device)
+    return module if dtype == torch.float32 else module.to(dtype)
+
+
+class Backbone:
+    def __init__(
+        self,
+        components: Components,
+        cfg: ModelConfig,
+        identity: str,
+        device: torch.device | str = "cpu",
+        weight_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self.family = components.family
+        self.cfg = cfg
+        self.identity = identity
+        self.device = torch.device(device)
+        self.weight_dtype = weight_dtype
+        self.resolution = cfg.resolution
+        self.scheduler = components.scheduler
+        if cfg.prediction_type:
+            self.scheduler.register_to_config(prediction_type=cfg.prediction_type)
+        self.prediction_type = self.scheduler.config.prediction_type
+        self.alphas_cumprod = self.scheduler.alphas_cumprod.float()
+        self.num_train_timesteps = int(self.scheduler.config.num_train_timesteps)
+
+        self.vae = _place(components.vae.requires_grad_(False).eval(), self.device, weight_dtype)
+        self.text_encoders = [
+            _place(encoder.requires_grad_(False).eval(), self.device, weight_dtype)
+            for encoder in components.text_encoders
+        ]
+        self.tokenizers = components.tokenizers
+        self.unet = components.unet
+        self.reference_unet = None
+        self._configure_training(cfg)
+        self.unet_forward: Callable[..., object] = self.unet
+
+    def _configure_training(self, cfg: ModelConfig) -> None:
+        if cfg.finetune == "lora":
+            _place(self.unet, self.device, self.weight_dtype)
+            lora_lib.add_lora(self.unet, cfg.lora)
+            cast_training_params(self.unet, dtype=torch.float32)
+        elif cfg.finetune == "full":
+            self.unet.to(self.device).requires_grad_(True)
+            same = cfg.reference_device == "same"
+            reference_device = self.device if same else torch.device(cfg.reference_device)
+            self.reference_unet = (
+                copy.deepcopy(self.unet).requires_grad_(False).eval().to(reference_device)
+            )
+        else:
+            raise ValueError(f"unknown model.finetune={cfg.finetune!r}; choose 'lora' or 'full'")
+        if cfg.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        self.unet.train()
+
+    # -- frozen encoders -------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [-1, 1] -> scaled latents (the posterior mode: deterministic, cacheable)."""
+        posterior = self.vae.encode(pixels.to(self.device, self.weight_dtype)).latent_dist
+        return posterior.mode().float() * self.vae.config.scaling_factor
+
+    @torch.no_grad()
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> pixels in [0, 1]."""
+        scaled = latents.to(self.device, self.weight_dtype) / self.vae.config.scaling_factor
+        return (self.vae.decode(scaled).sample.float() / 2 + 0.5).clamp(0, 1)
+
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        text = encode_prompts(self.family, self.text_encoders, self.tokenizers, prompts)
+        return {k: v.float() for k, v in text.items()}
+
+    # -- diffusion ---------------------------------------------------------------------------
+    def sample_timesteps(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, self.num_train_timesteps, (batch_size,), generator=generator)
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return add_noise(x0, noise, self.alphas_cumprod, t)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return regression_target(self.prediction_type, x0, noise, self.alphas_cumprod, t)
+
+    def predict(
+        self,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        text: dict[str, torch.Tensor],
+        micro_cond: torch.Tensor | None = None,
+        reference: bool = False,
+    ) -> torch.Tensor:
+        """The UNet's output in float32; ``reference=True`` gives the frozen model's, no grad."""
+        if not reference:
+            return self._call(self.unet_forward, x_t, t, text, micro_cond, self.device)
+        with torch.no_grad():
+            if self.reference_unet is None:
+                with lora_lib.adapters_disabled(self.unet):
+                    return self._call(self.unet_forward, x_t, t, text, micro_cond, self.device)
+            device = next(self.reference_unet.parameters()).device
+            return self._call(self.reference_unet, x_t, t, text, micro_cond, device)
+
+    def _call(self, unet, x_t, t, text, micro_cond, device) -> torch.Tensor:
+        text = {k: v.to(device) for k, v in text.items()}
+        micro_cond = None if micro_cond is None else micro_cond.to(device)
+        kwargs = unet_conditioning(self.family, text, micro_cond, self.weight_dtype)
+        out = unet(x_t.to(device, self.weight_dtype), t.to(device), **kwargs, return_dict=False)
+        return out[0].float().to(self.device)
+
+    # -- training state ------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.unet.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        if self.cfg.finetune == "lora":
+            return lora_lib.lora_state_dict(self.unet)
+        return {k: v.detach().cpu().clone() for k, v in self.unet.state_dict().items()}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if self.cfg.finetune == "lora":
+            lora_lib.load_lora_state_dict(self.unet, state)
+        else:
+            self.unet.load_state_dict(state)
+
+    def save_final(self, folder: str | Path) -> Path:
+        """The result in diffusers' format: a LoRA file, or a full ``unet/`` folder."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.cfg.finetune == "lora":
+            return lora_lib.save_lora_for_diffusers(self.unet, self.family, folder)
+        self.unet.save_pretrained(folder / "unet", safe_serialization=True)
+        return folder / "unet"

@@ -1,0 +1,18 @@
+"""The bag of modules a text-to-image diffusion model is made of, however it was obtained."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+
+@dataclass
+class Components:
+    family: str  # "sd" | "sdxl"
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    scheduler: DDPMScheduler
+    text_encoders: list[torch.nn.Module]
+    tokenizers: list
