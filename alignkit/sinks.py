@@ -22,6 +22,7 @@ class JsonlSink:
 
     def __init__(self, path: str | Path, resume_step: int = 0) -> None:
         self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             kept = [
                 line
