@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from alignkit.algorithms import ALGORITHMS, build_algorithm
+from alignkit.config import validate_config
 from alignkit.data import build_pair_batches
 from alignkit.models import build_backbone
 from alignkit.sinks import build_sinks
@@ -65,8 +66,19 @@ def _check_data_kind(algorithm_name: str, data_kind: str) -> None:
         )
 
 
+def _check_required(cfg: DictConfig) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(
+            f"missing required setting(s): {', '.join(missing)}; "
+            "pass them on the command line, e.g. data=pairs data.path=/my/pairs"
+        )
+
+
 def run(cfg: DictConfig) -> RunResult:
     """Train (or resume) the configured run and write its run folder."""
+    validate_config(cfg)
+    _check_required(cfg)
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):

@@ -7,11 +7,12 @@ neutral ones; the YAML files carry the recipe values and their provenance.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 
 @dataclass
@@ -32,6 +33,7 @@ class ModelConfig:
     init: str = "pretrained"  # pretrained | random (tiny architectures built in process)
     revision: str | None = None
     variant: str | None = None
+    vae_path: str | None = None  # a separate VAE (e.g. SDXL fp16-safe VAE): hub id or folder
     prediction_type: str | None = None  # override the scheduler's: epsilon | v_prediction
     resolution: int = 512
     finetune: str = "lora"  # lora | full
@@ -155,3 +157,32 @@ def register_configs() -> None:
         store.store(group=f"schema/{group}", name=group, node=schema)
     for name in ALGORITHMS.names():
         store.store(group="schema/algo", name=name, node=ALGORITHMS.get(name).config_class)
+
+
+class ConfigKeyError(ValueError):
+    """A key that no schema declares (a typo that Hydra's ``+key=value`` let through)."""
+
+
+def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Keys under ``node`` that its structured schema (if any) does not declare."""
+    found = []
+    schema = OmegaConf.get_type(node)
+    declared = (
+        {f.name for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else None
+    )
+    for key in node:
+        name = f"{prefix}{key}"
+        if declared is not None and key not in declared:
+            found.append(f"{name} (valid keys: {', '.join(sorted(declared))})")
+            continue
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            found.extend(unknown_keys(child, f"{name}."))
+    return found
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Reject keys that no schema declares, naming each and the valid ones."""
+    found = unknown_keys(cfg)
+    if found:
+        raise ConfigKeyError("unknown config key(s): " + "; ".join(found))

@@ -19,6 +19,7 @@ __all__ = ["Backbone", "ModelLoadError", "build_backbone", "model_identity"]
 def model_identity(cfg: ModelConfig) -> str:
     """A string that changes when the frozen encoders could have changed (cache keys)."""
     parts = [cfg.family, cfg.init, str(cfg.path), str(cfg.revision), str(cfg.variant)]
+    parts.append(str(cfg.vae_path))
     if cfg.init == "random":
         parts.append(str(cfg.resolution))
     elif cfg.path and os.path.isdir(os.path.expanduser(cfg.path)):
@@ -41,7 +42,9 @@ def build_backbone(
             raise ModelLoadError(f"unknown model.family={cfg.family!r}; choose 'sd' or 'sdxl'")
         components = builders[cfg.family](cfg.resolution, prediction_type)
     elif cfg.init == "pretrained":
-        components = load_pretrained_components(cfg.path, cfg.family, cfg.revision, cfg.variant)
+        components = load_pretrained_components(
+            cfg.path, cfg.family, cfg.revision, cfg.variant, cfg.vae_path
+        )
     else:
         raise ModelLoadError(f"unknown model.init={cfg.init!r}; choose 'pretrained' or 'random'")
     return Backbone(components, cfg, model_identity(cfg), device, weight_dtype)

@@ -40,7 +40,7 @@ def _check_path(path: str | None) -> str:
     return expanded
 
 
-def _load(kind, path: str, subfolder: str, **kwargs):
+def _load(kind, path: str, subfolder: str | None, **kwargs):
     try:
         return kind.from_pretrained(path, subfolder=subfolder, **kwargs)
     except (OSError, ValueError) as error:
@@ -51,7 +51,7 @@ def _load(kind, path: str, subfolder: str, **kwargs):
             else "the folder is incomplete"
         )
         raise ModelLoadError(
-            f"could not load {subfolder!r} of model.path={path!r}: {hint}. Download the model "
+            f"could not load {subfolder or 'the model'!r} from {path!r}: {hint}. Download the model "
             f"on a machine with access and pass its local folder as model.path. ({error})"
         ) from None
 
@@ -61,12 +61,16 @@ def load_pretrained_components(
     family: str,
     revision: str | None = None,
     variant: str | None = None,
+    vae_path: str | None = None,
 ) -> Components:
     """Every frozen and trainable module of the model, in float32 on the CPU."""
     path = _check_path(path)
     common = {"revision": revision, "variant": variant}
     unet = _load(UNet2DConditionModel, path, "unet", **common)
-    vae = _load(AutoencoderKL, path, "vae", **common)
+    if vae_path:
+        vae = _load(AutoencoderKL, os.path.expanduser(vae_path), None)
+    else:
+        vae = _load(AutoencoderKL, path, "vae", **common)
     scheduler = _load(DDPMScheduler, path, "scheduler", revision=revision)
     if family == "sd":
         encoders = [_load(CLIPTextModel, path, "text_encoder", **common)]

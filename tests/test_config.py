@@ -1,0 +1,88 @@
+import itertools
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from alignkit.algorithms import ALGORITHMS
+from alignkit.config import ConfigKeyError, config_group_options, register_configs, validate_config
+
+register_configs()
+GROUPS = config_group_options()
+
+
+def _compose(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="alignkit.conf", version_base=None):
+        return compose("config", overrides=list(overrides))
+
+
+def test_groups_exist():
+    assert {"model", "data", "algo", "reward", "logger", "experiment"} <= set(GROUPS)
+    assert set(GROUPS["algo"]) == set(ALGORITHMS.names())
+
+
+@pytest.mark.parametrize(
+    ("algo", "model"), list(itertools.product(GROUPS["algo"], GROUPS["model"]))
+)
+def test_every_algo_composes_with_every_model(algo, model):
+    cfg = _compose(f"algo={algo}", f"model={model}", "data=pairs", "data.path=/tmp/x")
+    assert cfg.algo.name == algo
+    assert cfg.model.name == model
+    assert cfg.model.family in {"sd", "sdxl"}
+    OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+
+
+@pytest.mark.parametrize("group", ["data", "logger", "reward", "experiment"])
+def test_every_option_of_the_other_groups_composes(group):
+    for option in GROUPS[group]:
+        cfg = _compose(f"{group}={option}", "data.path=/tmp/x")
+        assert cfg.data.path
+
+
+def test_misspelt_key_is_rejected_by_name():
+    with pytest.raises(ConfigCompositionException) as error:
+        _compose("algo.bta=100")
+    assert "bta" in str(error.value) + str(error.value.__cause__)
+    with pytest.raises(ConfigCompositionException):
+        _compose("model.lora.rnk=4")
+
+
+def test_added_unknown_keys_are_rejected_by_validation():
+    cfg = _compose("+model.lora.rnk=4", "+algo.bta=3")
+    with pytest.raises(ConfigKeyError, match=r"model\.lora\.rnk \(valid keys: alpha,.*rank"):
+        validate_config(cfg)
+    with pytest.raises(ConfigKeyError, match=r"algo\.bta"):
+        validate_config(cfg)
+    validate_config(_compose())
+
+
+def test_wrong_type_is_rejected():
+    with pytest.raises(ConfigCompositionException):
+        _compose("trainer.max_steps=many")
+
+
+def test_unknown_group_option_lists_the_valid_ones():
+    with pytest.raises(ConfigCompositionException, match=r"(?s)Available options in 'algo'.*dpo"):
+        _compose("algo=nonexistent")
+
+
+def test_command_line_keys_of_the_contract_exist():
+    cfg = _compose(
+        "trainer.max_steps=7", "trainer.batch_size=3", "trainer.lr=0.1", "seed=4", "output_dir=/o"
+    )
+    assert (cfg.trainer.max_steps, cfg.trainer.batch_size, cfg.trainer.lr) == (7, 3, 0.1)
+    assert (cfg.seed, cfg.output_dir) == (4, "/o")
+
+
+def test_help_lists_the_groups_and_their_options():
+    result = subprocess.run(
+        [sys.executable, "-m", "alignkit", "--help"], capture_output=True, text=True, check=True
+    )
+    for group, options in GROUPS.items():
+        assert f"{group}: {', '.join(options)}" in result.stdout
+    assert "schema" not in result.stdout.split("== This config ==")[0]
