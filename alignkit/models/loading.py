@@ -51,8 +51,8 @@ def _load(kind, path: str, subfolder: str | None, **kwargs):
             else "the folder is incomplete"
         )
         raise ModelLoadError(
-            f"could not load {subfolder or 'the model'!r} from {path!r}: {hint}. Download the model "
-            f"on a machine with access and pass its local folder as model.path. ({error})"
+            f"could not load {subfolder or 'the model'!r} from {path!r}: {hint}. Download the "
+            f"model on a machine with access and pass its local folder as model.path. ({error})"
         ) from None
 
 
