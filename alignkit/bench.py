@@ -90,8 +90,8 @@ def _measure(variant: str, steps: int, batch_size: int, data_dir: str, cache_dir
 
 
 def _write_bench_pairs(folder: Path, rows: int) -> None:
-    from alignkit.tinyworld.pairs import render_pairs, write_parquet_folder
     from alignkit.tinyworld.grammar import train_prompts
+    from alignkit.tinyworld.pairs import render_pairs, write_parquet_folder
 
     prompts = train_prompts()[: max(1, rows // 2)]
     write_parquet_folder(render_pairs(prompts, 2, seed=0, tie_margin=0.0), folder)
