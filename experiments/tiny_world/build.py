@@ -9,7 +9,9 @@ Stages, each cached in ``--work`` so an interrupted build resumes where it stopp
 4. train a UNet and a CLIP text encoder (with the real CLIP tokenizer, 16 tokens) jointly on
    epsilon prediction, with 10% empty prompts for classifier-free guidance and an EMA;
 5. save a diffusers folder that ``StableDiffusionPipeline.from_pretrained`` loads;
-6. report how often held-out samples show the prompted shape and colour (the judge).
+6. report how often held-out samples show the prompted shape and colour (the judge);
+7. sample preference pairs from the model for the train prompts (two seeds per pair), label
+   them with the judge and write them in the Pick-a-Pic schema (``data=tiny_pairs``).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from alignkit.models.tokenizer import offline_clip_tokenizer
 from alignkit.tinyworld import fidelity_ok, heldout_prompts, judge_scores, render, train_prompts
+from alignkit.tinyworld.pairs import pairs_from_images, write_parquet_folder
 
 IMAGE_SIZE = 64
 TOKENS = 16
@@ -236,12 +239,14 @@ def save_pipeline(
 
 
 @torch.no_grad()
-def held_out_fidelity(pipeline: StableDiffusionPipeline, seeds: int, guidance: float) -> dict:
-    prompts = [p for p in heldout_prompts() for _ in range(seeds)]
+def sample(
+    pipeline: StableDiffusionPipeline, prompts: list[str], guidance: float, seed: int
+) -> np.ndarray:
+    """uint8 images, one per prompt; image i uses the seed ``seed + i``."""
     images = []
-    for start in range(0, len(prompts), 32):
+    for start in tqdm(range(0, len(prompts), 32), desc="sample"):
         chunk = prompts[start : start + 32]
-        generator = [torch.Generator().manual_seed(start + i) for i in range(len(chunk))]
+        generator = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
         output = pipeline(
             chunk,
             height=IMAGE_SIZE,
@@ -252,13 +257,31 @@ def held_out_fidelity(pipeline: StableDiffusionPipeline, seeds: int, guidance: f
             output_type="np",
         ).images
         images.append((output * 255).round().astype(np.uint8))
-    images = np.concatenate(images)
+    return np.concatenate(images)
+
+
+def held_out_fidelity(pipeline: StableDiffusionPipeline, seeds: int, guidance: float) -> dict:
+    prompts = [p for p in heldout_prompts() for _ in range(seeds)]
+    images = sample(pipeline, prompts, guidance, seed=0)
     return {
         "fidelity": float(fidelity_ok(images, prompts).mean()),
         "judge_mean": float(judge_scores(images, prompts).mean()),
         "samples": len(prompts),
         "guidance": guidance,
     }
+
+
+def write_model_pairs(
+    out: Path, pipeline: StableDiffusionPipeline, per_prompt: int, guidance: float
+) -> dict:
+    """Pairs of the base model's own samples for the train prompts, labelled by the judge."""
+    prompts = [p for p in train_prompts() for _ in range(per_prompt)]
+    first = sample(pipeline, prompts, guidance, seed=1_000_000)
+    second = sample(pipeline, prompts, guidance, seed=2_000_000)
+    table = pairs_from_images(prompts, first, second)
+    write_parquet_folder(table, out)
+    ties = float((table["label_0"] == 0.5).mean())
+    return {"pairs": len(table), "ties": ties, "guidance": guidance}
 
 
 def main() -> None:
@@ -268,6 +291,9 @@ def main() -> None:
     parser.add_argument("--per-prompt", type=int, default=128)
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--unet-steps", type=int, default=2500)
+    parser.add_argument("--pairs-out", type=Path, default=Path("alignkit/tinyworld/assets/pairs"))
+    parser.add_argument("--pairs-per-prompt", type=int, default=16)
+    parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -285,7 +311,11 @@ def main() -> None:
     )
     pipeline = save_pipeline(args.out, vae, unet, text_encoder)
     log(f"saved {args.out}; sampling held-out prompts")
-    report = {g: held_out_fidelity(pipeline, 8, g) for g in (1.0, 3.0, 5.0)}
+    report = {f"heldout_cfg{g}": held_out_fidelity(pipeline, 8, g) for g in (1.0, 3.0, 5.0)}
+    log(json.dumps(report))
+    report["pairs"] = write_model_pairs(
+        args.pairs_out, pipeline, args.pairs_per_prompt, args.guidance
+    )
     (args.out / "build_report.json").write_text(json.dumps(report, indent=1))
     log(json.dumps(report))
 
