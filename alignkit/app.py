@@ -14,8 +14,10 @@ from accelerate import Accelerator
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from alignkit.algorithms import ALGORITHMS, build_algorithm
+from alignkit.checkpoint import list_checkpoints, load_checkpoint
 from alignkit.config import validate_config
 from alignkit.data import build_pair_batches
+from alignkit.evaluation import evaluate, results_table
 from alignkit.models import build_backbone
 from alignkit.sinks import build_sinks
 from alignkit.trainer import Trainer, TrainResult
@@ -29,6 +31,7 @@ _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 class RunResult:
     run_dir: Path
     train: TrainResult
+    evaluation: dict | None = None
 
 
 def resolve_run_dir(cfg: DictConfig) -> Path:
@@ -107,5 +110,27 @@ def run(cfg: DictConfig) -> RunResult:
     finally:
         for sink in sinks:
             sink.close()
+    evaluation = None
+    if cfg.eval.enabled and accelerator.is_main_process:
+        evaluation = evaluate(backbone, cfg.eval, run_dir)
+        print(results_table(evaluation))
+        print(f"image grid (base | aligned, same seeds): {run_dir / evaluation['grid']}")
     log.info("run folder: %s (final weights in %s)", run_dir, result.final_dir)
-    return RunResult(run_dir, result)
+    return RunResult(run_dir, result, evaluation)
+
+
+def evaluate_saved_run(run_dir: Path, overrides: list[str]) -> dict:
+    """Evaluate a run folder's newest checkpoint; ``overrides`` are ``key=value`` settings."""
+    config_file = run_dir / ".hydra" / "config.yaml"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no .hydra/config.yaml)")
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    if not checkpoints:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint to evaluate")
+    cfg = OmegaConf.merge(OmegaConf.load(config_file), OmegaConf.from_dotlist(overrides))
+    accelerator = build_accelerator(cfg)
+    backbone = build_backbone(cfg.model, accelerator.device, _DTYPES[cfg.trainer.mixed_precision])
+    backbone.load_trainable_state_dict(
+        load_checkpoint(checkpoints[-1], restore_rng=False).trainable
+    )
+    return evaluate(backbone, cfg.eval, run_dir)

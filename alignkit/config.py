@@ -80,6 +80,19 @@ class LoggerConfig:
 
 
 @dataclass
+class EvalConfig:
+    enabled: bool = False
+    prompts: str = "tiny_heldout"  # tiny_heldout | tiny_train | a text file, one prompt a line
+    seeds_per_prompt: int = 4
+    steps: int = 20
+    guidance: float = 3.0
+    rewards: list[str] = field(default_factory=lambda: ["oracle"])
+    grid_prompts: int = 6
+    grid_seeds: int = 3
+    batch_size: int = 32
+
+
+@dataclass
 class TrainerConfig:
     max_steps: int = 100
     batch_size: int = 4
@@ -109,6 +122,7 @@ class Config:
     reward: RewardConfig = MISSING
     logger: LoggerConfig = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     output_dir: str = MISSING
 

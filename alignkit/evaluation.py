@@ -1,0 +1,139 @@
+"""Evaluation: base vs aligned on a prompt set x seeds, scored by rewards, with a picture.
+
+Both models are the same Backbone: the base is the reference prediction (adapters off, or the
+frozen copy), so the comparison costs no second model in memory. Every (prompt, seed) is one
+comparison; the win rate counts ties as one half and carries a 95% normal-approximation
+confidence interval.
+
+    python -m alignkit.evaluation <run folder> [key=value ...]   # evaluate a saved run
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from alignkit.config import EvalConfig
+from alignkit.models import Backbone
+from alignkit.rewards import build_reward
+from alignkit.sampling import generate_images
+
+
+@dataclass
+class WinRate:
+    rate: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+def win_rate(aligned: torch.Tensor, base: torch.Tensor) -> WinRate:
+    """Share of comparisons the aligned sample wins (ties = 1/2), with a 95% CI."""
+    outcomes = (aligned > base).float() + 0.5 * (aligned == base).float()
+    n = outcomes.numel()
+    rate = outcomes.mean().item()
+    half_width = 1.96 * outcomes.std(unbiased=False).item() / math.sqrt(n) if n > 1 else 0.0
+    return WinRate(rate, max(0.0, rate - half_width), min(1.0, rate + half_width), n)
+
+
+def load_prompts(spec: str) -> list[str]:
+    """``tiny_heldout`` / ``tiny_train`` (the tiny world's splits) or a text file of prompts."""
+    if spec in ("tiny_heldout", "tiny_train"):
+        from alignkit.tinyworld import heldout_prompts, train_prompts
+
+        return heldout_prompts() if spec == "tiny_heldout" else train_prompts()
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"eval.prompts={spec!r} is neither tiny_heldout, tiny_train nor a text file"
+        )
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"eval.prompts file {path} holds no prompts")
+    return prompts
+
+
+def image_grid(base: torch.Tensor, aligned: torch.Tensor, rows: int, cols: int) -> Image.Image:
+    """``rows`` prompts; per row ``cols`` base samples, then the same seeds aligned."""
+    tile = max(96, base.shape[-1])
+    gap, header = 6, 18
+    width = 2 * cols * tile + gap
+    canvas = Image.new("RGB", (width, header + rows * tile), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), "base", fill="black")
+    draw.text((cols * tile + gap + 4, 3), "aligned (same seeds)", fill="black")
+    for row in range(rows):
+        for col in range(cols):
+            index = row * cols + col
+            for side, images in enumerate((base, aligned)):
+                pixels = (images[index].clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+                picture = Image.fromarray(pixels).resize((tile, tile), Image.NEAREST)
+                x = side * (cols * tile + gap) + col * tile
+                canvas.paste(picture, (x, header + row * tile))
+    return canvas
+
+
+def evaluate(backbone: Backbone, cfg: EvalConfig, out_dir: str | Path) -> dict:
+    """Generate, score, compare; write ``eval.json`` and ``eval_grid.png`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    prompts = load_prompts(cfg.prompts)
+    grid_rows = min(cfg.grid_prompts, len(prompts))
+    grid_cols = min(cfg.grid_seeds, cfg.seeds_per_prompt)
+    every_prompt = [p for p in prompts for _ in range(cfg.seeds_per_prompt)]
+    seeds = [s for _ in prompts for s in range(cfg.seeds_per_prompt)]
+    settings = {"steps": cfg.steps, "guidance": cfg.guidance, "batch_size": cfg.batch_size}
+    base = generate_images(backbone, every_prompt, seeds, reference=True, **settings)
+    aligned = generate_images(backbone, every_prompt, seeds, reference=False, **settings)
+    results: dict = {"prompts": cfg.prompts, "samples": len(every_prompt), "rewards": {}}
+    for name in cfg.rewards:
+        reward = build_reward(name)
+        base_scores = reward(base, every_prompt).float()
+        aligned_scores = reward(aligned, every_prompt).float()
+        results["rewards"][name] = {
+            "base": base_scores.mean().item(),
+            "aligned": aligned_scores.mean().item(),
+            "win_rate": asdict(win_rate(aligned_scores, base_scores)),
+        }
+    picked = [p * cfg.seeds_per_prompt + s for p in range(grid_rows) for s in range(grid_cols)]
+    grid = image_grid(base[picked], aligned[picked], grid_rows, grid_cols)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grid.save(out_dir / "eval_grid.png")
+    results["grid"] = "eval_grid.png"
+    (out_dir / "eval.json").write_text(json.dumps(results, indent=1))
+    return results
+
+
+def results_table(results: dict) -> str:
+    """A Markdown table: reward, base mean, aligned mean, win rate with its CI."""
+    lines = [
+        "| reward | base | aligned | win rate vs base (95% CI) |",
+        "|---|---|---|---|",
+    ]
+    for name, entry in results["rewards"].items():
+        win = entry["win_rate"]
+        lines.append(
+            f"| {name} | {entry['base']:.4f} | {entry['aligned']:.4f} | "
+            f"{win['rate']:.1%} ({win['ci_low']:.1%}–{win['ci_high']:.1%}, n={win['n']}) |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from alignkit.app import evaluate_saved_run
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    results = evaluate_saved_run(Path(argv[0]), argv[1:])
+    print(results_table(results))
+
+
+if __name__ == "__main__":
+    main()

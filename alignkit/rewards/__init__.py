@@ -1,0 +1,12 @@
+"""Reward models; each registers itself by name on import."""
+
+from __future__ import annotations
+
+from alignkit.rewards import oracle  # noqa: F401  (registers oracle, oracle_diff)
+from alignkit.rewards.registry import REWARDS, Reward
+
+__all__ = ["REWARDS", "Reward", "build_reward"]
+
+
+def build_reward(name: str) -> Reward:
+    return REWARDS.get(name)()
