@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import resource
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,11 +108,14 @@ def run(cfg: DictConfig) -> RunResult:
     )
     resumed = trainer.resume()
     sinks = build_sinks(cfg.logger, run_dir, config, resumed) if accelerator.is_main_process else []
+    started = time.perf_counter()
     try:
         result = trainer.fit(sinks)
     finally:
         for sink in sinks:
             sink.close()
+    if accelerator.is_main_process:
+        write_summary(run_dir, result, time.perf_counter() - started, accelerator.device)
     evaluation = None
     if cfg.eval.enabled and accelerator.is_main_process:
         evaluation = evaluate(backbone, cfg.eval, run_dir)
@@ -117,6 +123,25 @@ def run(cfg: DictConfig) -> RunResult:
         print(f"image grid (base | aligned, same seeds): {run_dir / evaluation['grid']}")
     log.info("run folder: %s (final weights in %s)", run_dir, result.final_dir)
     return RunResult(run_dir, result, evaluation)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The accelerator's peak allocation, or this process's peak RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def write_summary(run_dir: Path, result: TrainResult, seconds: float, device) -> None:
+    """``summary.json``: what the ablation report compares besides metrics and evaluation."""
+    summary = {
+        "steps": result.step,
+        "resumed_from": result.resumed_from,
+        "train_seconds": seconds,
+        "peak_memory_mb": peak_memory_mb(torch.device(device)),
+        "device": str(device),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
 
 
 def evaluate_saved_run(run_dir: Path, overrides: list[str]) -> dict:

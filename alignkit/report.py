@@ -1,0 +1,218 @@
+"""Compare the runs of a sweep: a Markdown table, curves and an HTML page with the grids.
+
+    python -m alignkit.report <multirun folder> [--out DIR]
+
+Runs are grouped by their command-line overrides without the seed (so ``-m algo=dpo,sft
+seed=0,1,2`` gives two groups of three); each group shows the mean and standard deviation over
+its seeds of the final training metrics, every evaluation reward and win rate, training time
+and peak memory. Nothing here knows an algorithm by name: a new one appears by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import shutil
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+CURVE_METRICS = ("loss", "implicit_acc", "reward")
+
+
+@dataclass
+class RunRecord:
+    folder: Path
+    group: str
+    metrics: list[dict] = field(default_factory=list)
+    evaluation: dict | None = None
+    summary: dict | None = None
+
+
+def _group_name(folder: Path) -> str:
+    overrides_file = folder / ".hydra" / "overrides.yaml"
+    overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
+    kept = [o for o in overrides or [] if not o.startswith(("seed=", "output_dir="))]
+    if kept:
+        return " ".join(sorted(kept))
+    config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
+    return f"algo={config['algo']['name']}"
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def find_runs(root: Path) -> list[RunRecord]:
+    """Every run folder under ``root`` (a folder holding ``.hydra/config.yaml``)."""
+    runs = []
+    for config in sorted(root.rglob(".hydra/config.yaml")):
+        folder = config.parent.parent
+        metrics_file = folder / "metrics.jsonl"
+        metrics = (
+            [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+            if metrics_file.is_file()
+            else []
+        )
+        runs.append(
+            RunRecord(
+                folder,
+                _group_name(folder),
+                metrics,
+                _read_json(folder / "eval.json"),
+                _read_json(folder / "summary.json"),
+            )
+        )
+    return runs
+
+
+def final_values(run: RunRecord) -> dict[str, float]:
+    """The numbers one run contributes to the table."""
+    values: dict[str, float] = {}
+    if run.metrics:
+        tail = run.metrics[-max(1, len(run.metrics) // 10) :]
+        for key in ("loss", "implicit_acc"):
+            if key in tail[-1]:
+                values[f"final {key}"] = statistics.fmean(m[key] for m in tail if key in m)
+    for name, entry in ((run.evaluation or {}).get("rewards") or {}).items():
+        values[f"{name} base"] = entry["base"]
+        values[f"{name} aligned"] = entry["aligned"]
+        values[f"{name} win rate"] = entry["win_rate"]["rate"]
+    if run.summary:
+        values["train s"] = run.summary["train_seconds"]
+        values["peak MB"] = run.summary["peak_memory_mb"]
+    return values
+
+
+def summarise(runs: list[RunRecord]) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """group -> column -> (mean, std, number of runs)."""
+    collected: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        for column, value in final_values(run).items():
+            collected[run.group][column].append(value)
+    return {
+        group: {
+            column: (
+                statistics.fmean(values),
+                statistics.stdev(values) if len(values) > 1 else 0.0,
+                len(values),
+            )
+            for column, values in columns.items()
+        }
+        for group, columns in collected.items()
+    }
+
+
+def markdown_table(summary: dict[str, dict[str, tuple[float, float, int]]]) -> str:
+    columns = sorted({column for values in summary.values() for column in values})
+    lines = [
+        "| runs | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for group, values in sorted(summary.items()):
+        runs = max(n for _, _, n in values.values())
+        cells = [
+            f"{values[c][0]:.4g} ± {values[c][1]:.2g}" if c in values else "–" for c in columns
+        ]
+        lines.append(f"| {group} (n={runs}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_curves(runs: list[RunRecord], out_dir: Path) -> list[Path]:
+    """One PNG per logged metric: the mean over each group's seeds against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    keys = sorted(
+        {k for run in runs for m in run.metrics for k in m if k.startswith(CURVE_METRICS)}
+    )
+    for key in keys:
+        figure, axis = plt.subplots(figsize=(6, 3.5))
+        by_group: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for run in runs:
+            for row in run.metrics:
+                if key in row:
+                    by_group[run.group][row["step"]].append(row[key])
+        for group, by_step in sorted(by_group.items()):
+            steps = sorted(by_step)
+            axis.plot(steps, [statistics.fmean(by_step[s]) for s in steps], label=group)
+        axis.set_xlabel("step")
+        axis.set_ylabel(key)
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        path = out_dir / f"curve_{key}.png"
+        figure.savefig(path, dpi=100)
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def html_page(table_md: str, curves: list[Path], grids: list[tuple[str, Path]]) -> str:
+    rows = [line.strip("|").split("|") for line in table_md.splitlines() if line.strip()]
+    header, body = rows[0], rows[2:]
+    table = "<table><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in header)
+    table += "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in row) + "</tr>"
+        for row in body
+    )
+    table += "</table>"
+    images = "".join(f'<img src="{p.name}" alt="{p.stem}">' for p in curves)
+    grid_html = "".join(
+        f"<figure><img src='{path.name}'><figcaption>{html.escape(label)}</figcaption></figure>"
+        for label, path in grids
+    )
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}"
+        "figure{display:inline-block;margin:8px}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>alignkit report</title>"
+        f"<style>{style}</style></head><body><h1>alignkit report</h1>{table}"
+        f"<h2>Curves</h2>{images}<h2>Base vs aligned (same seeds)</h2>{grid_html}</body></html>"
+    )
+
+
+def write_report(root: Path, out_dir: Path | None = None) -> Path:
+    """Write ``report.md``, ``report.html`` and the PNGs; return the output folder."""
+    runs = find_runs(root)
+    if not runs:
+        raise FileNotFoundError(f"no run folders (with .hydra/config.yaml) under {root}")
+    out_dir = out_dir or root / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(summarise(runs))
+    curves = plot_curves(runs, out_dir)
+    grids = []
+    for index, run in enumerate(runs):
+        grid = run.folder / "eval_grid.png"
+        if grid.is_file():
+            target = out_dir / f"grid_{index:03d}.png"
+            shutil.copyfile(grid, target)
+            grids.append((f"{run.group} — {run.folder.name}", target))
+    (out_dir / "report.md").write_text(
+        f"# alignkit report: {root}\n\n{table}\n\n"
+        + "".join(f"![{p.stem}]({p.name})\n" for p in curves)
+    )
+    (out_dir / "report.html").write_text(html_page(table, curves, grids))
+    return out_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", type=Path, help="a multirun folder (or any folder of runs)")
+    parser.add_argument("--out", type=Path, default=None, help="default: <root>/report")
+    args = parser.parse_args(argv)
+    out_dir = write_report(args.root, args.out)
+    print((out_dir / "report.md").read_text())
+    print(f"HTML: {out_dir / 'report.html'}")
+
+
+if __name__ == "__main__":
+    main()
