@@ -149,6 +149,13 @@ def config_group_options() -> dict[str, list[str]]:
     }
 
 
+def asset_path(name: str) -> str:
+    """The folder of a shipped tiny-world artifact (``alignkit/tinyworld/assets/<name>``)."""
+    from importlib.resources import files
+
+    return str(files("alignkit.tinyworld") / "assets" / name)
+
+
 def _describe_groups() -> str:
     return "\n".join(
         f"{group}: {', '.join(options)}" for group, options in config_group_options().items()
@@ -163,8 +170,9 @@ def register_configs() -> None:
     """
     from alignkit.algorithms import ALGORITHMS
 
-    if not OmegaConf.has_resolver("alignkit_groups"):
-        OmegaConf.register_new_resolver("alignkit_groups", _describe_groups)
+    for name, resolver in (("alignkit_groups", _describe_groups), ("alignkit_asset", asset_path)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     for group, schema in GROUP_SCHEMAS.items():
