@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from alignkit.algorithms import ALGORITHMS, build_algorithm
 from alignkit.checkpoint import list_checkpoints, load_checkpoint
-from alignkit.config import validate_config
+from alignkit.config import asset_path, validate_config
 from alignkit.data import build_pair_batches
 from alignkit.evaluation import evaluate, results_table
 from alignkit.models import build_backbone
@@ -117,12 +117,19 @@ def run(cfg: DictConfig) -> RunResult:
     if accelerator.is_main_process:
         write_summary(run_dir, result, time.perf_counter() - started, accelerator.device)
     evaluation = None
-    if cfg.eval.enabled and accelerator.is_main_process:
+    if evaluation_enabled(cfg) and accelerator.is_main_process:
         evaluation = evaluate(backbone, cfg.eval, run_dir)
         print(results_table(evaluation))
         print(f"image grid (base | aligned, same seeds): {run_dir / evaluation['grid']}")
     log.info("run folder: %s (final weights in %s)", run_dir, result.final_dir)
     return RunResult(run_dir, result, evaluation)
+
+
+def evaluation_enabled(cfg: DictConfig) -> bool:
+    """``eval.enabled``, where unset means: only for the tiny world's own model."""
+    if cfg.eval.enabled is not None:
+        return bool(cfg.eval.enabled)
+    return cfg.model.init == "pretrained" and cfg.model.path == asset_path("base_model")
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -81,7 +81,9 @@ class LoggerConfig:
 
 @dataclass
 class EvalConfig:
-    enabled: bool = False
+    # None = auto: on for the tiny world's model (whose prompts and judge these defaults are),
+    # off otherwise; true/false force it.
+    enabled: bool | None = None
     prompts: str = "tiny_heldout"  # tiny_heldout | tiny_train | a text file, one prompt a line
     seeds_per_prompt: int = 4
     steps: int = 20
