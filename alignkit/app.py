@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from alignkit.algorithms import ALGORITHMS, build_algorithm
 from alignkit.checkpoint import list_checkpoints, load_checkpoint
 from alignkit.config import asset_path, validate_config
-from alignkit.data import build_pair_batches
+from alignkit.data import build_batches
 from alignkit.evaluation import evaluate, results_table
 from alignkit.models import build_backbone
 from alignkit.sinks import build_sinks
@@ -94,7 +94,7 @@ def run(cfg: DictConfig) -> RunResult:
     seed_everything(cfg.seed)
     accelerator = build_accelerator(cfg)
     backbone = build_backbone(cfg.model, accelerator.device, _DTYPES[cfg.trainer.mixed_precision])
-    batches = build_pair_batches(
+    batches = build_batches(
         cfg.data,
         backbone,
         resolution=cfg.model.resolution,

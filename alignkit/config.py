@@ -51,12 +51,15 @@ class DataConfig:
     max_rows: int | None = None
     drop_ties: bool = True
     caption_dropout: float = 0.0
+    # Winner and loser always share one crop and flip. With cache=true each row's crop and
+    # flip are drawn once, from (seed, row id), and reused every epoch; with cache=false they
+    # are drawn afresh each epoch, from (seed, epoch, row id).
     random_crop: bool = False  # False: centre crop
     random_flip: bool = True
-    cache: bool = True
-    cache_dir: str | None = None  # default: ~/.cache/alignkit/latents
-    max_corrupt_fraction: float = 0.05
-    encode_batch_size: int = 8
+    cache: bool = True  # VAE latents + text embeddings encoded once, reused from disk
+    cache_dir: str | None = None  # default: $ALIGNKIT_CACHE_DIR, else ~/.cache/alignkit/latents
+    max_corrupt_fraction: float = 0.05  # more undecodable pairs than this stops the run
+    encode_batch_size: int = 8  # images (or prompts) per frozen-encoder call
 
 
 @dataclass

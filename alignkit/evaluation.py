@@ -20,6 +20,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from alignkit.config import EvalConfig
+from alignkit.data.prompts import load_prompt_list
 from alignkit.models import Backbone
 from alignkit.rewards import build_reward
 from alignkit.sampling import generate_images
@@ -40,23 +41,6 @@ def win_rate(aligned: torch.Tensor, base: torch.Tensor) -> WinRate:
     rate = outcomes.mean().item()
     half_width = 1.96 * outcomes.std(unbiased=False).item() / math.sqrt(n) if n > 1 else 0.0
     return WinRate(rate, max(0.0, rate - half_width), min(1.0, rate + half_width), n)
-
-
-def load_prompts(spec: str) -> list[str]:
-    """``tiny_heldout`` / ``tiny_train`` (the tiny world's splits) or a text file of prompts."""
-    if spec in ("tiny_heldout", "tiny_train"):
-        from alignkit.tinyworld import heldout_prompts, train_prompts
-
-        return heldout_prompts() if spec == "tiny_heldout" else train_prompts()
-    path = Path(spec).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"eval.prompts={spec!r} is neither tiny_heldout, tiny_train nor a text file"
-        )
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not prompts:
-        raise ValueError(f"eval.prompts file {path} holds no prompts")
-    return prompts
 
 
 def image_grid(base: torch.Tensor, aligned: torch.Tensor, rows: int, cols: int) -> Image.Image:
@@ -82,7 +66,7 @@ def image_grid(base: torch.Tensor, aligned: torch.Tensor, rows: int, cols: int) 
 def evaluate(backbone: Backbone, cfg: EvalConfig, out_dir: str | Path) -> dict:
     """Generate, score, compare; write ``eval.json`` and ``eval_grid.png`` into ``out_dir``."""
     out_dir = Path(out_dir)
-    prompts = load_prompts(cfg.prompts)
+    prompts = load_prompt_list(cfg.prompts)
     grid_rows = min(cfg.grid_prompts, len(prompts))
     grid_cols = min(cfg.grid_seeds, cfg.seeds_per_prompt)
     every_prompt = [p for p in prompts for _ in range(cfg.seeds_per_prompt)]

@@ -1,7 +1,8 @@
 """Where preference rows come from: a folder of parquet files, one parquet file, or the hub.
 
-Every source yields one Arrow table with the Pick-a-Pic columns in fixed types (images as
-bytes, labels as float64), so nothing downstream cares where the rows were stored. A
+Every source yields one Arrow table with the Pick-a-Pic columns in fixed kinds (text, image
+bytes, float64 labels), so nothing downstream cares where the rows were stored. Image bytes
+are never copied (a hub dataset's table stays memory-mapped). A
 source also states its identity (what the latent cache is keyed by) without reading rows,
 so that a cached dataset needs neither the files' contents nor the network.
 """
@@ -46,7 +47,7 @@ def _normalize_images(column: pa.ChunkedArray, name: str, where: str) -> pa.Chun
         column = pc.struct_field(column, "bytes")
         kind = column.type
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        return column.cast(pa.large_binary())
+        return column
     raise SchemaError(
         f"column {name!r} of {where} holds {kind}, not image bytes; {EXPECTED_SCHEMA}"
     )
@@ -72,7 +73,7 @@ def check_columns(present: list[str], where: str) -> None:
 
 
 def normalize_table(table: pa.Table, where: str) -> pa.Table:
-    """The five Pick-a-Pic columns as large_string, large_binary x2 and float64 x2."""
+    """The five Pick-a-Pic columns: text, image bytes x2 (binary or large_binary), float64 x2."""
     check_columns(table.column_names, where)
     caption = table.column("caption")
     if not (pa.types.is_string(caption.type) or pa.types.is_large_string(caption.type)):
@@ -80,7 +81,7 @@ def normalize_table(table: pa.Table, where: str) -> pa.Table:
             f"column 'caption' of {where} holds {caption.type}, not text; {EXPECTED_SCHEMA}"
         )
     columns = {
-        "caption": pc.fill_null(caption.cast(pa.large_string()), ""),
+        "caption": pc.fill_null(caption, ""),
         **{name: _normalize_images(table.column(name), name, where) for name in IMAGE_COLUMNS},
         **{name: _normalize_labels(table.column(name), name, where) for name in LABEL_COLUMNS},
     }
@@ -88,7 +89,7 @@ def normalize_table(table: pa.Table, where: str) -> pa.Table:
 
 
 def _concat(tables: list[pa.Table], max_rows: int | None) -> pa.Table:
-    table = pa.concat_tables(tables)
+    table = pa.concat_tables(tables, promote_options="permissive")
     return table if max_rows is None else table.slice(0, max_rows)
 
 
@@ -133,7 +134,8 @@ class LocalParquet:
                 rows += batch.num_rows
                 if max_rows is not None and rows >= max_rows:
                     break
-            table = pa.Table.from_batches(batches, schema=reader.schema_arrow.select(COLUMNS))
+            schema = pa.schema([reader.schema_arrow.field(name) for name in COLUMNS])
+            table = pa.Table.from_batches(batches) if batches else schema.empty_table()
         except (OSError, pa.ArrowException) as err:
             raise DataSourceError(
                 f"cannot read parquet file {file}: {err}. Re-download or remove it"
@@ -174,8 +176,9 @@ class HubDataset:
             return datasets.load_dataset(self.name, split=self.split)
         except FileNotFoundError as err:
             raise DataSourceError(
-                f"{self.describe()} was not found ({err}). Check the id (owner/name) and the "
-                "split, or pass a local folder of parquet files as data.path"
+                f"{self.describe()} was not found ({err}), and no local file or folder "
+                f"{self.name!r} exists either. Check the id (owner/name) and the split, or pass "
+                "a local folder of parquet files as data.path"
             ) from None
         except ConnectionError as err:
             raise DataSourceError(
@@ -183,10 +186,10 @@ class HubDataset:
                 "unreachable from this machine, so nothing can be downloaded. Download the "
                 "dataset elsewhere and pass its local folder of parquet files as data.path"
             ) from None
-        except (OSError, ValueError) as err:
+        except Exception as err:  # datasets raises many kinds; all mean "not loadable here"
             raise DataSourceError(
-                f"could not load {self.describe()}: {err}. Pass a local folder of parquet "
-                "files as data.path instead"
+                f"could not load {self.describe()}: {type(err).__name__}: {err}. Pass a local "
+                "folder of parquet files as data.path instead"
             ) from None
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alignkit.rewards import oracle  # noqa: F401  (registers oracle, oracle_diff)
+from alignkit.rewards import clip, oracle, preference  # noqa: F401  (each registers its rewards)
 from alignkit.rewards.registry import REWARDS, Reward
 
 __all__ = ["REWARDS", "Reward", "build_reward"]

@@ -1,0 +1,127 @@
+"""Preference-pair micro-batches addressed by index, so a resumed run sees the same data.
+
+``batch(i)`` depends only on ``i`` (and the settings): the epoch is ``i // batches_per_epoch``,
+each epoch visits the pairs in a permutation drawn from ``(seed, epoch)``, the incomplete
+last batch of an epoch is dropped, and caption dropout is drawn from ``(seed, i)``.
+
+With ``data.cache=true`` (the default) the VAE latents and text embeddings are computed once
+and reused from disk; each row's crop and flip are then drawn once, from ``(seed, row id)``,
+and stay fixed across epochs. With ``data.cache=false`` every batch is decoded and encoded
+when asked for, with a fresh crop and flip per epoch from ``(seed, epoch, row id)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from alignkit.config import DataConfig
+from alignkit.data.batch import ImageTextEncoder, PairBatch
+from alignkit.data.seeding import derived_generator
+from alignkit.data.source import resolve_source
+from alignkit.data.stores import PairStore, open_cached_pairs, open_streaming_pairs
+from alignkit.data.transforms import PairTransform
+
+
+def _check_settings(cfg: DataConfig, resolution: int, batch_size: int) -> None:
+    problems = []
+    if cfg.kind != "pairs":
+        problems.append(f"data.kind={cfg.kind!r} (preference-pair batches need 'pairs')")
+    if resolution < 1:
+        problems.append(f"resolution={resolution} (must be a positive number of pixels)")
+    if batch_size < 1:
+        problems.append(f"batch_size={batch_size} (must be at least 1)")
+    if not 0.0 <= cfg.caption_dropout <= 1.0:
+        problems.append(f"data.caption_dropout={cfg.caption_dropout} (must lie in [0, 1])")
+    if not 0.0 <= cfg.max_corrupt_fraction <= 1.0:
+        problems.append(
+            f"data.max_corrupt_fraction={cfg.max_corrupt_fraction} (must lie in [0, 1])"
+        )
+    if cfg.encode_batch_size < 1:
+        problems.append(f"data.encode_batch_size={cfg.encode_batch_size} (must be at least 1)")
+    if cfg.max_rows is not None and cfg.max_rows < 1:
+        problems.append(f"data.max_rows={cfg.max_rows} (must be at least 1, or null for all)")
+    if problems:
+        raise ValueError("invalid data settings: " + "; ".join(problems))
+
+
+class PairBatches:
+    """Micro-batches of preference pairs, winner first, in latent space; see the module doc."""
+
+    def __init__(
+        self,
+        cfg: DataConfig,
+        encoder: ImageTextEncoder,
+        resolution: int,
+        batch_size: int,
+        seed: int,
+        device: torch.device | str | None = None,
+    ) -> None:
+        _check_settings(cfg, resolution, batch_size)
+        source = resolve_source(cfg.path, cfg.split)
+        transform = PairTransform(resolution, cfg.random_crop, cfg.random_flip)
+        open_store = open_cached_pairs if cfg.cache else open_streaming_pairs
+        self.store: PairStore = open_store(cfg, source, encoder, transform, seed, device)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.caption_dropout = cfg.caption_dropout
+        self._epoch_order: tuple[int, torch.Tensor] = (-1, torch.empty(0, dtype=torch.long))
+        if self.num_pairs < batch_size:
+            raise ValueError(
+                f"{source.describe()} has {self.num_pairs} usable pairs (after dropping ties "
+                f"and undecodable rows), fewer than one batch of {batch_size}; lower the batch "
+                "size (trainer.batch_size), keep ties (data.drop_ties=false) or add data"
+            )
+
+    @property
+    def num_pairs(self) -> int:
+        return self.store.num_pairs
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.num_pairs // self.batch_size
+
+    def epoch_order(self, epoch: int) -> torch.Tensor:
+        """The pair positions in the order epoch ``epoch`` visits them."""
+        if self._epoch_order[0] != epoch:
+            generator = derived_generator("epoch", self.seed, epoch)
+            self._epoch_order = (epoch, torch.randperm(self.num_pairs, generator=generator))
+        return self._epoch_order[1]
+
+    def batch(self, index: int) -> PairBatch:
+        """Micro-batch number ``index`` (counted from 0 over all epochs), on the CPU."""
+        if index < 0:
+            raise ValueError(f"batch index must be >= 0, got {index}")
+        epoch, offset = divmod(index, self.batches_per_epoch)
+        start = offset * self.batch_size
+        positions = self.epoch_order(epoch)[start : start + self.batch_size].tolist()
+        return self._drop_captions(self.store.gather(positions, epoch), index)
+
+    def _drop_captions(self, batch: PairBatch, index: int) -> PairBatch:
+        """Swap in the empty prompt's encoding with probability ``caption_dropout`` per pair."""
+        if self.caption_dropout <= 0:
+            return batch
+        draws = torch.rand(len(batch), generator=derived_generator("caption", self.seed, index))
+        dropped = draws < self.caption_dropout
+        if not dropped.any():
+            return batch
+        text = {}
+        for name, value in batch.text.items():
+            value = value.clone()
+            value[dropped] = self.store.empty_text[name][0].to(value.dtype)
+            text[name] = value
+        prompts = ["" if drop else prompt for drop, prompt in zip(dropped.tolist(), batch.prompts)]
+        return dataclasses.replace(batch, text=text, prompts=prompts)
+
+
+def build_pair_batches(
+    cfg: DataConfig,
+    encoder: ImageTextEncoder,
+    resolution: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device | str | None = None,
+) -> PairBatches:
+    """The batch source a trainer draws from: ``PairBatches`` for ``cfg``."""
+    return PairBatches(cfg, encoder, resolution, batch_size, seed, device)

@@ -1,0 +1,73 @@
+"""Pair semantics: which image won, and which rows are no preference at all.
+
+Diffusion-DPO needs every pair ordered winner first. Pick-a-Pic marks the winner with its
+label, so rows where ``label_1 > label_0`` are read swapped; ties (equal labels, 0.5/0.5)
+carry no preference and are dropped by default, as the official code does.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+
+from alignkit.data.corruption import preview_row_ids
+from alignkit.data.source import SchemaError
+
+log = logging.getLogger(__name__)
+
+
+class PreferencePairs:
+    """The kept rows of a source table, each readable as (caption, winner, loser).
+
+    Positions ``0..num_pairs-1`` index the kept rows; ``row_ids[k]`` is the row's index in
+    the source table, the id that messages and caches use.
+    """
+
+    def __init__(self, table: pa.Table, drop_ties: bool, where: str) -> None:
+        label_0 = table.column("label_0").to_numpy(zero_copy_only=False)
+        label_1 = table.column("label_1").to_numpy(zero_copy_only=False)
+        unlabelled = np.flatnonzero(np.isnan(label_0) | np.isnan(label_1))
+        if unlabelled.size:
+            raise SchemaError(
+                f"{unlabelled.size} row(s) of {where} have no label_0/label_1 (row ids "
+                f"{preview_row_ids(unlabelled.tolist())}); give every row its labels "
+                "(1/0 for a preference, 0.5/0.5 for a tie) or remove those rows"
+            )
+        ties = label_0 == label_1
+        keep = ~ties if drop_ties else np.ones_like(ties)
+        self.table = table
+        self.source_rows = table.num_rows
+        self.ties_dropped = int(ties.sum()) if drop_ties else 0
+        self.row_ids: list[int] = np.flatnonzero(keep).tolist()
+        self._swapped = (label_1 > label_0)[keep]
+        if not self.row_ids:
+            raise ValueError(
+                f"{where} has no preference pairs: {self.source_rows} rows, "
+                f"{self.ties_dropped} of them ties that were dropped; add data, raise "
+                "data.max_rows, or keep ties with data.drop_ties=false"
+            )
+        if drop_ties:
+            log.info(
+                "dropped %d of %d rows of %s as ties (data.drop_ties=true)",
+                self.ties_dropped,
+                self.source_rows,
+                where,
+            )
+        else:
+            log.info("kept %d tie rows of %s (data.drop_ties=false)", int(ties.sum()), where)
+
+    @property
+    def num_pairs(self) -> int:
+        return len(self.row_ids)
+
+    def caption(self, position: int) -> str:
+        return self.table.column("caption")[self.row_ids[position]].as_py()
+
+    def image_bytes(self, position: int) -> tuple[bytes | None, bytes | None]:
+        """The encoded (winner, loser) images; ``None`` where the row has no image."""
+        row = self.row_ids[position]
+        first = self.table.column("jpg_0")[row].as_py()
+        second = self.table.column("jpg_1")[row].as_py()
+        return (second, first) if self._swapped[position] else (first, second)
