@@ -1,6 +1,6 @@
 """Build the tiny world's pretrained text-to-image model (deterministic, CPU, ~40 minutes).
 
-    python experiments/tiny_world/build.py [--out alignkit/tinyworld/assets] [--work DIR]
+    python experiments/tiny_world/build.py [--out alignkit/tinyworld/assets/base_model] [--work DIR]
 
 Stages, each cached in ``--work`` so an interrupted build resumes where it stopped:
 1. render the training set from the renderer (train prompts x seeds, 64x64 RGB);
@@ -8,7 +8,8 @@ Stages, each cached in ``--work`` so an interrupted build resumes where it stopp
 3. encode the set to latents and set the VAE's scaling factor to 1 / std(latents);
 4. train a UNet and a CLIP text encoder (with the real CLIP tokenizer, 16 tokens) jointly on
    epsilon prediction, with 10% empty prompts for classifier-free guidance and an EMA;
-5. save a diffusers folder that ``StableDiffusionPipeline.from_pretrained`` loads;
+5. save a diffusers folder in half precision that ``StableDiffusionPipeline.from_pretrained(
+   folder, torch_dtype=torch.float32)`` loads (the samples below come from that reload);
 6. report how often held-out samples show the prompted shape and colour (the judge);
 7. sample preference pairs from the model for the train prompts (two seeds per pair), label
    them with the judge and write them in the Pick-a-Pic schema (``data=tiny_pairs``).
@@ -224,6 +225,7 @@ def train_denoiser(
 def save_pipeline(
     out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: CLIPTextModel
 ) -> StableDiffusionPipeline:
+    """Save in half precision (the package stays small) and reload what ships, in float32."""
     pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -234,8 +236,8 @@ def save_pipeline(
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipeline.save_pretrained(out, safe_serialization=True)
-    return pipeline
+    pipeline.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    return StableDiffusionPipeline.from_pretrained(out, torch_dtype=torch.float32)
 
 
 @torch.no_grad()
