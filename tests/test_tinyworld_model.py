@@ -31,8 +31,8 @@ def test_the_shipped_model_loads_in_diffusers_and_draws_the_prompted_shape_and_c
     prompts = heldout_prompts()[:12]
     images = pipeline(
         prompts,
-        height=64,
-        width=64,
+        height=32,
+        width=32,
         num_inference_steps=20,
         guidance_scale=3.0,
         generator=[torch.Generator().manual_seed(i) for i in range(len(prompts))],

@@ -83,7 +83,7 @@ def pairwise_accuracy(clip: ClipModel, pairs: PairTensors, chunk: int = 256) -> 
 def sample_heldout_pairs(per_prompt: int, seed: int) -> PairTensors:
     """Two base-model samples per held-out prompt and slot, judged as the training pairs are."""
     model_cfg = ModelConfig(
-        name="tiny", init="pretrained", path=asset_path("base_model"), resolution=64
+        name="tiny", init="pretrained", path=asset_path("base_model"), resolution=32
     )
     backbone = build_backbone(model_cfg)
     prompts = [prompt for prompt in heldout_prompts() for _ in range(per_prompt)]
