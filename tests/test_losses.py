@@ -54,7 +54,6 @@ def test_implicit_accuracy_counts_ties_as_half():
     assert implicit_accuracy(torch.tensor([1.0, -2.0, 0.0, 3.0])).item() == pytest.approx(0.625)
 
 
-
 def test_cpo_loss_matches_hand_computation():
     model_w = torch.tensor([0.10, 0.40])
     model_l = torch.tensor([0.30, 0.20])
@@ -98,9 +97,9 @@ def test_rpo_weights_match_hand_computation():
 
 def test_rpo_loss_outside_matches_hand_computation():
     logits, weights = _hand_rpo_terms()
-    expected = sum(
-        sum(weights[i][j] * _softplus(-logits[i][j]) for j in range(3)) for i in range(3)
-    ) / 3
+    expected = (
+        sum(sum(weights[i][j] * _softplus(-logits[i][j]) for j in range(3)) for i in range(3)) / 3
+    )
     loss = rpo_loss(*_rpo_case(), beta=10.0, tau=0.5, placement="outside")
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 

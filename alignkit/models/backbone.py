@@ -18,6 +18,7 @@ from diffusers.training_utils import cast_training_params
 from alignkit.config import ModelConfig
 from alignkit.models import lora as lora_lib
 from alignkit.models.components import Components
+from alignkit.models.encoder import unet_encoder_features
 from alignkit.models.schedule import add_noise, regression_target
 from alignkit.models.text import encode_prompts, unet_conditioning
 
@@ -123,6 +124,35 @@ class Backbone:
                     return self._call(self.unet_forward, x_t, t, text, micro_cond, self.device)
             device = next(self.reference_unet.parameters()).device
             return self._call(self.reference_unet, x_t, t, text, micro_cond, device)
+
+    def encoder_features(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: dict[str, torch.Tensor],
+        micro_cond: torch.Tensor | None = None,
+        layer: str = "mid",
+    ) -> torch.Tensor:
+        """The frozen base UNet's encoder activations of ``x`` at ``t`` (NCP), float32.
+
+        The encoder is the reference: the adapter-disabled UNet with LoRA, the frozen copy
+        with full fine-tuning. No weight gets a gradient here; gradients reach ``x`` only, so
+        callers choose no_grad (targets) or not (the policy's prediction) themselves.
+        """
+        if self.reference_unet is None:
+            with lora_lib.adapters_disabled(self.unet):
+                return self._encode(self.unet, x, t, text, micro_cond, layer, self.device)
+        device = next(self.reference_unet.parameters()).device
+        return self._encode(self.reference_unet, x, t, text, micro_cond, layer, device)
+
+    def _encode(self, unet, x, t, text, micro_cond, layer, device) -> torch.Tensor:
+        text = {k: v.to(device) for k, v in text.items()}
+        micro_cond = None if micro_cond is None else micro_cond.to(device)
+        kwargs = unet_conditioning(self.family, text, micro_cond, self.weight_dtype)
+        features = unet_encoder_features(
+            unet, x.to(device, self.weight_dtype), t.to(device), layer=layer, **kwargs
+        )
+        return features.float().to(self.device)
 
     def _call(self, unet, x_t, t, text, micro_cond, device) -> torch.Tensor:
         text = {k: v.to(device) for k, v in text.items()}
