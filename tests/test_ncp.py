@@ -157,3 +157,17 @@ def test_encoder_conditioning_matches_the_unet_call():
     assert unet_conditioning("sdxl", text, micro_cond, torch.float32)["added_cond_kwargs"]
     base = backbone.encoder_features(x, t, text, micro_cond, "down")
     assert not torch.allclose(base, backbone.encoder_features(x, t, text, moved, "down"))
+
+
+@pytest.mark.parametrize("finetune", ["lora", "full"])
+def test_encoder_gradients_are_the_same_with_gradient_checkpointing(finetune):
+    """Recomputation in the backward pass must see the reference too (adapters still off)."""
+    grads = []
+    for checkpointing in (False, True):
+        backbone = tiny_backbone("sd", finetune=finetune, gradient_checkpointing=checkpointing)
+        _perturb_lora(backbone)
+        x, t, text, micro_cond = _inputs(backbone)
+        x.requires_grad_(True)
+        backbone.encoder_features(x, t, text, micro_cond, "mid").square().mean().backward()
+        grads.append(x.grad)
+    assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 from diffusers.training_utils import cast_training_params
 
 from alignkit.config import ModelConfig
 from alignkit.models import lora as lora_lib
 from alignkit.models.components import Components
-from alignkit.models.encoder import unet_encoder_features
+from alignkit.models.encoder import block_checkpointing_off, unet_encoder_features
 from alignkit.models.schedule import add_noise, regression_target
 from alignkit.models.text import encode_prompts, unet_conditioning
 
@@ -140,10 +142,19 @@ class Backbone:
         callers choose no_grad (targets) or not (the policy's prediction) themselves.
         """
         if self.reference_unet is None:
-            with lora_lib.adapters_disabled(self.unet):
-                return self._encode(self.unet, x, t, text, micro_cond, layer, self.device)
-        device = next(self.reference_unet.parameters()).device
-        return self._encode(self.reference_unet, x, t, text, micro_cond, layer, device)
+            unet, device, reference = self.unet, self.device, lora_lib.adapters_disabled
+        else:
+            unet = self.reference_unet
+            device, reference = next(unet.parameters()).device, nullcontext
+
+        def encode(sample: torch.Tensor) -> torch.Tensor:
+            with reference(unet), block_checkpointing_off(unet):
+                return self._encode(unet, sample, t, text, micro_cond, layer, device)
+
+        if self.cfg.gradient_checkpointing and torch.is_grad_enabled():
+            # checkpoint the whole encoder pass: its recomputation re-enters the reference
+            return torch.utils.checkpoint.checkpoint(encode, x, use_reentrant=False)
+        return encode(x)
 
     def _encode(self, unet, x, t, text, micro_cond, layer, device) -> torch.Tensor:
         text = {k: v.to(device) for k, v in text.items()}

@@ -8,10 +8,30 @@ module's own sub-blocks, so the features are exactly the activations a full forw
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from diffusers import UNet2DConditionModel
 
 ENCODER_LAYERS = ("mid", "down")
+
+
+@contextmanager
+def block_checkpointing_off(unet: torch.nn.Module) -> Iterator[None]:
+    """Switch diffusers' per-block gradient checkpointing off, restoring each flag after.
+
+    A block-level checkpoint recomputes its forward during backward, outside any context the
+    forward ran in (such as disabled adapters); the encoder checkpoints as a whole instead.
+    """
+    modules = [m for m in unet.modules() if getattr(m, "gradient_checkpointing", False)]
+    for module in modules:
+        module.gradient_checkpointing = False
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.gradient_checkpointing = True
 
 
 def unet_encoder_features(
