@@ -2,19 +2,42 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 from alignkit.config import register_configs
+from alignkit.models import ModelLoadError
+from alignkit.registry import UnknownNameError
+from alignkit.trainer import ConfigMismatchError
 
 register_configs()
+
+#: Errors that describe bad input (a path, a setting, a data file) in their message: shown as
+#: one line, since a stack trace would only bury the fix. HYDRA_FULL_ERROR=1 shows the trace.
+USER_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    UnknownNameError,
+    ModelLoadError,
+    ConfigMismatchError,
+    FloatingPointError,
+)
 
 
 @hydra.main(version_base=None, config_path="pkg://alignkit.conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from alignkit.app import run
 
-    run(cfg)
+    try:
+        run(cfg)
+    except USER_ERRORS as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"alignkit: error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

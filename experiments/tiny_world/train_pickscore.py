@@ -1,0 +1,178 @@
+"""Train the tiny world's PickScore-style preference model on the judge-labelled pairs (CPU).
+
+    python experiments/tiny_world/train_pickscore.py [--out alignkit/tinyworld/assets/pickscore]
+
+PickScore's recipe in miniature: start from the tiny CLIP (``train_clip.py``), score both
+images of a pair as ``logit_scale * cos(image, prompt)`` and minimise the cross-entropy of the
+softmax over the two scores against the label distribution (ties are 0.5/0.5). Every tenth row
+of the shipped pairs is held back for validation. The report (``<out>/report.json``) gives the
+pairwise accuracy against the judge on those rows and on fresh pairs that the base model
+samples for the HELD-OUT prompts, next to the untrained CLIP's accuracy on the same pairs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from alignkit.config import ModelConfig, asset_path
+from alignkit.models import build_backbone
+from alignkit.rewards.clip import ClipModel
+from alignkit.rewards.preference import preference_loss
+from alignkit.sampling import generate_images
+from alignkit.tinyworld import heldout_prompts, pairs_from_images
+
+VALIDATION_EVERY = 10  # our choice: every tenth row is held back
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def decode(jpgs: pd.Series) -> torch.Tensor:
+    """JPEG bytes -> float ``[N, 3, H, W]`` in [0, 1]."""
+    arrays = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in jpgs]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def read_pairs(folder: Path) -> pd.DataFrame:
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no parquet files in {folder}; run experiments/tiny_world/build.py")
+    return pd.concat([pd.read_parquet(file) for file in files], ignore_index=True)
+
+
+class PairTensors:
+    """A pair table decoded once: images, labels and captions as tensors and a list."""
+
+    def __init__(self, table: pd.DataFrame) -> None:
+        self.images_0 = decode(table["jpg_0"])
+        self.images_1 = decode(table["jpg_1"])
+        self.labels_0 = torch.tensor(table["label_0"].to_numpy(), dtype=torch.float32)
+        self.labels_1 = torch.tensor(table["label_1"].to_numpy(), dtype=torch.float32)
+        self.captions = list(table["caption"])
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+
+@torch.no_grad()
+def pairwise_accuracy(clip: ClipModel, pairs: PairTensors, chunk: int = 256) -> dict:
+    """How often the higher score is the judge's winner, over the pairs that are not ties."""
+    decided = (pairs.labels_0 != pairs.labels_1).nonzero().flatten().tolist()
+    hits = []
+    for start in range(0, len(decided), chunk):
+        rows = decided[start : start + chunk]
+        captions = [pairs.captions[row] for row in rows]
+        scores_0 = clip.score(pairs.images_0[rows], captions)
+        scores_1 = clip.score(pairs.images_1[rows], captions)
+        hits.append((scores_0 > scores_1) == (pairs.labels_0[rows] > pairs.labels_1[rows]))
+    accuracy = torch.cat(hits).float().mean().item() if hits else float("nan")
+    return {"pairs": len(decided), "accuracy": round(accuracy, 4)}
+
+
+def sample_heldout_pairs(per_prompt: int, seed: int) -> PairTensors:
+    """Two base-model samples per held-out prompt and slot, judged as the training pairs are."""
+    model_cfg = ModelConfig(
+        name="tiny", init="pretrained", path=asset_path("base_model"), resolution=64
+    )
+    backbone = build_backbone(model_cfg)
+    prompts = [prompt for prompt in heldout_prompts() for _ in range(per_prompt)]
+    seeds = list(range(seed, seed + 2 * len(prompts)))
+    first = generate_images(backbone, prompts, seeds[: len(prompts)], reference=True)
+    second = generate_images(backbone, prompts, seeds[len(prompts) :], reference=True)
+
+    def to_uint8(images: torch.Tensor) -> np.ndarray:
+        return (images * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+    return PairTensors(pairs_from_images(prompts, to_uint8(first), to_uint8(second)))
+
+
+def train(clip: ClipModel, pairs: PairTensors, args: argparse.Namespace) -> list[float]:
+    generator = torch.Generator().manual_seed(args.seed)
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / args.warmup_steps)
+    )
+    clip.train()
+    losses = []
+    for step in range(args.steps):
+        rows = torch.randint(0, len(pairs), (args.batch_size,), generator=generator).tolist()
+        captions = [pairs.captions[row] for row in rows]
+        loss = preference_loss(
+            clip.score(pairs.images_0[rows], captions),
+            clip.score(pairs.images_1[rows], captions),
+            pairs.labels_0[rows],
+            pairs.labels_1[rows],
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if (step + 1) % args.log_every == 0:
+            log(f"step {step + 1}/{args.steps} loss {np.mean(losses[-args.log_every :]):.4f}")
+    clip.eval()
+    return losses
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=Path, default=Path(asset_path("pairs")))
+    parser.add_argument("--init", type=Path, default=Path(asset_path("clip")))
+    parser.add_argument("--out", type=Path, default=Path(asset_path("pickscore")))
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--warmup-steps", type=int, default=50)
+    parser.add_argument("--heldout-per-prompt", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--log-every", type=int, default=50)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+
+    table = read_pairs(args.pairs)
+    held_back = np.arange(len(table)) % VALIDATION_EVERY == 0
+    train_pairs, validation = PairTensors(table[~held_back]), PairTensors(table[held_back])
+    heldout = sample_heldout_pairs(args.heldout_per_prompt, seed=3_000_000)
+    clip = ClipModel.from_folder(args.init).float()
+    before = {
+        "validation_rows": pairwise_accuracy(clip, validation),
+        "heldout_prompts": pairwise_accuracy(clip, heldout),
+    }
+    log(f"{len(train_pairs)} training pairs; untrained CLIP: {json.dumps(before)}")
+    started = time.time()
+    losses = train(clip, train_pairs, args)
+    clip.save(args.out)
+    shipped = ClipModel.from_folder(args.out).eval()  # evaluate what ships: fp16 weights
+    report = {
+        "command": "python experiments/tiny_world/train_pickscore.py",
+        "args": {key: str(value) for key, value in vars(args).items()},
+        "train_seconds": round(time.time() - started, 1),
+        "training_pairs": len(train_pairs),
+        "loss_first_50": round(float(np.mean(losses[:50])), 4),
+        "loss_last_50": round(float(np.mean(losses[-50:])), 4),
+        "accuracy_vs_judge": {
+            "validation_rows": pairwise_accuracy(shipped, validation),
+            "heldout_prompts": pairwise_accuracy(shipped, heldout),
+        },
+        "accuracy_vs_judge_untrained_clip": before,
+    }
+    (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    log(json.dumps(report["accuracy_vs_judge"]))
+
+
+if __name__ == "__main__":
+    main()

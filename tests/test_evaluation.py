@@ -1,0 +1,83 @@
+"""Evaluation: win rates, the image grid, and a whole evaluation on a tiny random model."""
+
+import json
+
+import numpy
+import pytest
+import torch
+from PIL import Image
+
+from alignkit.config import EvalConfig
+from alignkit.evaluation import evaluate, image_grid, results_table, win_rate
+from tests.model_helpers import tiny_backbone
+
+
+def test_win_rate_counts_ties_as_half_with_a_normal_interval():
+    result = win_rate(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0.0, 2.0, 5.0, 1.0]))
+    # outcomes 1, 0.5, 0, 1: mean 0.625, population std sqrt(0.171875)
+    half_width = 1.96 * 0.171875**0.5 / 2
+    assert result.rate == pytest.approx(0.625)
+    assert result.ci_low == pytest.approx(0.625 - half_width)
+    assert result.ci_high == 1.0  # clipped from 1.03
+    assert result.n == 4
+
+
+def test_grid_puts_base_left_and_aligned_right():
+    base = torch.zeros(4, 3, 8, 8)
+    aligned = torch.ones(4, 3, 8, 8)
+    grid = image_grid(base, aligned, rows=2, cols=2)
+    assert grid.size == (2 * 2 * 96 + 6, 18 + 2 * 96)
+    assert grid.getpixel((10, 40)) == (0, 0, 0)
+    assert grid.getpixel((2 * 96 + 6 + 10, 40)) == (255, 255, 255)
+
+
+def _small_eval(tmp_path, **overrides) -> EvalConfig:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle on a white background\na blue square on a black background\n")
+    settings = dict(
+        prompts=str(prompts), seeds_per_prompt=2, steps=2, rewards=["oracle"], grid_prompts=2
+    )
+    settings.update(overrides)
+    return EvalConfig(**settings)
+
+
+def test_an_untrained_adapter_ties_the_base_everywhere(tmp_path):
+    backbone = tiny_backbone("sd", resolution=64)
+    results = evaluate(backbone, _small_eval(tmp_path), tmp_path / "run")
+    written = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert written == results
+    oracle = results["rewards"]["oracle"]
+    assert results["samples"] == 4
+    assert oracle["base"] == pytest.approx(oracle["aligned"])
+    assert oracle["win_rate"]["rate"] == 0.5  # identical images: every comparison a tie
+    assert Image.open(tmp_path / "run" / "eval_grid.png").size == (2 * 2 * 96 + 6, 18 + 2 * 96)
+    assert "| oracle |" in results_table(results)
+
+
+def _grid_halves(folder):
+    grid = torch.from_numpy(numpy.array(Image.open(folder / "eval_grid.png"))).float()
+    width = (grid.shape[1] - 6) // 2
+    return grid[18:, :width], grid[18:, width + 6 :]
+
+
+def test_a_changed_adapter_changes_the_aligned_images_only(tmp_path):
+    backbone = tiny_backbone("sd", resolution=64)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in backbone.trainable_parameters():
+            parameter.add_(torch.randn_like(parameter))
+    evaluate(backbone, _small_eval(tmp_path), tmp_path / "a")
+    base, aligned = _grid_halves(tmp_path / "a")
+    assert (base - aligned).abs().mean() > 1.0
+    with torch.no_grad():
+        for parameter in backbone.trainable_parameters():
+            parameter.zero_()
+    evaluate(backbone, _small_eval(tmp_path), tmp_path / "b")
+    base_again, aligned_again = _grid_halves(tmp_path / "b")
+    assert torch.equal(base_again, base) and torch.equal(aligned_again, base)
+
+
+def test_an_unknown_reward_lists_the_registered_ones(tmp_path):
+    backbone = tiny_backbone("sd", resolution=64)
+    with pytest.raises(KeyError, match="registered: .*oracle"):
+        evaluate(backbone, _small_eval(tmp_path, rewards=["pickscroe"]), tmp_path)
