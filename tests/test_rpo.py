@@ -2,11 +2,14 @@ import math
 
 import pytest
 import torch
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 
 from alignkit.algorithms import build_algorithm
 from alignkit.algorithms.rpo import RPOConfig
 from alignkit.algorithms.rpo_embeddings import combine
-from alignkit.config import DataConfig
+from alignkit.app import run
+from alignkit.config import DataConfig, register_configs
 from alignkit.data import build_pair_batches
 from alignkit.rewards.clip import ClipModel
 from tests.model_helpers import SyntheticPairs, tiny_backbone
@@ -128,3 +131,27 @@ def test_rpo_rejects_bad_settings_and_a_missing_clip(clip_folder, tmp_path):
         _rpo(backbone, clip_folder, tau=0.0)
     with pytest.raises(ValueError, match="algo.clip_path"):
         _rpo(backbone, str(tmp_path / "no-clip"))
+
+
+def test_a_run_embeds_the_cached_dataset_before_training(tmp_path, clip_folder, pair_folder):
+    """``python -m alignkit algo=rpo``: the app calls ``prepare``; the table sits in the cache."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="alignkit.conf", version_base=None):
+        cfg = compose(
+            "config",
+            overrides=[
+                "model=tiny_sd",
+                "algo=rpo",
+                f"algo.clip_path={clip_folder}",
+                "data=pairs",
+                f"data.path={pair_folder}",
+                f"data.cache_dir={tmp_path / 'cache'}",
+                "trainer.max_steps=1",
+                "trainer.batch_size=3",
+                "trainer.progress_bar=false",
+                f"output_dir={tmp_path / 'run'}",
+            ],
+        )
+    assert run(cfg).train.step == 1
+    assert len(list((tmp_path / "cache").glob("*/clip-*.safetensors"))) == 1
