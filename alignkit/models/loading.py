@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
@@ -65,10 +66,12 @@ def load_pretrained_components(
 ) -> Components:
     """Every frozen and trainable module of the model, in float32 on the CPU."""
     path = _check_path(path)
-    common = {"revision": revision, "variant": variant}
+    # float32 whatever the files hold (transformers 5 would keep fp16 files in fp16); the
+    # Backbone casts the frozen modules to the mixed-precision dtype itself.
+    common = {"revision": revision, "variant": variant, "torch_dtype": torch.float32}
     unet = _load(UNet2DConditionModel, path, "unet", **common)
     if vae_path:
-        vae = _load(AutoencoderKL, os.path.expanduser(vae_path), None)
+        vae = _load(AutoencoderKL, os.path.expanduser(vae_path), None, torch_dtype=torch.float32)
     else:
         vae = _load(AutoencoderKL, path, "vae", **common)
     scheduler = _load(DDPMScheduler, path, "scheduler", revision=revision)

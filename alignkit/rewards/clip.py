@@ -7,7 +7,8 @@ checkpoint file, or from a folder in open_clip's own format::
 
     open_clip_config.json        {"model_cfg": {...}, "preprocess_cfg": {...}}
                                  (a bare model config, without "model_cfg", is accepted too)
-    open_clip_model.safetensors  the weights
+    open_clip_model.safetensors  the weights (the token embedding may be stored as the rows
+                                 kept by ``save(token_ids=...)``; the rest load as zeros)
 
 ``CLIPScoreReward`` (``tiny_clip``) scores ``100 * max(cos, 0)`` as CLIPScore does.
 
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alignkit.config import asset_path
@@ -35,6 +36,9 @@ WEIGHTS_FILE = "open_clip_model.safetensors"
 MODEL_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
 RESIZE_MODES = ("shortest", "squash")
 INTERPOLATIONS = ("bicubic", "bilinear")
+TOKEN_EMBEDDING = "token_embedding.weight"
+SPARSE_ROWS = "token_embedding.kept_rows"
+SPARSE_VALUES = "token_embedding.kept_values"
 OFFLINE_HINT = (
     "nothing can be downloaded here: pass a local folder holding "
     f"{CONFIG_FILE} + {WEIGHTS_FILE}, or an open_clip model name with a local checkpoint file"
@@ -78,7 +82,12 @@ class ClipModel(nn.Module):
         for path in (folder, config_path, weights):
             if not path.exists():
                 raise FileNotFoundError(f"CLIP path {path} does not exist; {OFFLINE_HINT}")
-        return cls._build(read_config(config_path), weights)
+        state = load_file(str(weights))
+        if SPARSE_ROWS not in state:
+            return cls._build(read_config(config_path), weights)
+        clip = cls._build(read_config(config_path), weights=None)
+        clip.model.load_state_dict(_densify_token_embedding(state, clip.model))
+        return clip
 
     @classmethod
     def from_checkpoint(cls, model_name: str, checkpoint: str | Path) -> ClipModel:
@@ -123,8 +132,12 @@ class ClipModel(nn.Module):
             tokenizer = open_clip.get_tokenizer(f"local-dir:{scratch}")
         return cls(model, tokenizer, config)
 
-    def save(self, folder: str | Path) -> Path:
-        """Write the folder format, with fp16 weights (the tiny world ships these)."""
+    def save(self, folder: str | Path, token_ids: list[int] | None = None) -> Path:
+        """Write the folder format, with fp16 weights (the tiny world ships these).
+
+        ``token_ids`` keeps only those rows of the token embedding (the others load as zeros):
+        a model trained on a small vocabulary then ships without 49408 rows it never used.
+        """
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         config = {"model_cfg": self.model_cfg, "preprocess_cfg": self.preprocess_cfg}
@@ -133,6 +146,10 @@ class ClipModel(nn.Module):
             name: tensor.detach().to(torch.float16).contiguous().cpu()
             for name, tensor in self.model.state_dict().items()
         }
+        if token_ids is not None:
+            rows = torch.tensor(sorted(set(token_ids)), dtype=torch.int64)
+            weights[SPARSE_ROWS] = rows
+            weights[SPARSE_VALUES] = weights.pop(TOKEN_EMBEDDING)[rows].contiguous()
         save_file(weights, str(folder / WEIGHTS_FILE))
         return folder
 
@@ -201,6 +218,16 @@ def read_config(path: Path) -> dict[str, Any]:
             f"({', '.join(MODEL_CONFIG_KEYS)}), optionally nested under 'model_cfg'"
         )
     return {"model_cfg": config["model_cfg"], "preprocess_cfg": config.get("preprocess_cfg", {})}
+
+
+def _densify_token_embedding(state: dict[str, torch.Tensor], model: nn.Module) -> dict:
+    """Rebuild the full token embedding from the rows ``save(token_ids=...)`` kept."""
+    state = dict(state)
+    rows, values = state.pop(SPARSE_ROWS), state.pop(SPARSE_VALUES)
+    dense = torch.zeros_like(model.state_dict()[TOKEN_EMBEDDING])
+    dense[rows] = values.to(dense.dtype)
+    state[TOKEN_EMBEDDING] = dense
+    return state
 
 
 def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:

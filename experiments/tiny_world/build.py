@@ -1,14 +1,15 @@
 """Build the tiny world's pretrained text-to-image model (deterministic, CPU, ~40 minutes).
 
-    python experiments/tiny_world/build.py [--out alignkit/tinyworld/assets] [--work DIR]
+    python experiments/tiny_world/build.py [--out alignkit/tinyworld/assets/base_model] [--work DIR]
 
 Stages, each cached in ``--work`` so an interrupted build resumes where it stopped:
 1. render the training set from the renderer (train prompts x seeds, 64x64 RGB);
-2. train a VAE (AutoencoderKL, 64x64x3 <-> 16x16x4) on random 32x32 crops;
+2. train a VAE (AutoencoderKL, 64x64x3 <-> 16x16x4) on whole images;
 3. encode the set to latents and set the VAE's scaling factor to 1 / std(latents);
 4. train a UNet and a CLIP text encoder (with the real CLIP tokenizer, 16 tokens) jointly on
    epsilon prediction, with 10% empty prompts for classifier-free guidance and an EMA;
-5. save a diffusers folder that ``StableDiffusionPipeline.from_pretrained`` loads;
+5. save a diffusers folder in half precision that ``StableDiffusionPipeline.from_pretrained(
+   folder, torch_dtype=torch.float32)`` loads (the samples below come from that reload);
 6. report how often held-out samples show the prompted shape and colour (the judge);
 7. sample preference pairs from the model for the train prompts (two seeds per pair), label
    them with the judge and write them in the Pick-a-Pic schema (``data=tiny_pairs``).
@@ -35,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from alignkit.models.tokenizer import offline_clip_tokenizer
+from alignkit.models.tokenizer import offline_clip_tokenizer, write_clip_tokenizer_files
 from alignkit.tinyworld import fidelity_ok, heldout_prompts, judge_scores, render, train_prompts
 from alignkit.tinyworld.pairs import pairs_from_images, write_parquet_folder
 
@@ -72,7 +73,9 @@ def make_vae() -> AutoencoderKL:
         block_out_channels=(16, 32, 64),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=16,
+        # 4 channels per group, as SD's VAE (128 / 32): with one channel per group GroupNorm
+        # normalises every channel over the image and the image's colours are lost.
+        norm_num_groups=4,
         sample_size=IMAGE_SIZE,
     )
 
@@ -88,9 +91,9 @@ def train_vae(work: Path, images: np.ndarray, steps: int, seed: int) -> Autoenco
     pixels = to_pixels(images)
     bar = tqdm(range(steps), desc="vae")
     for step in bar:
-        rows = torch.randint(0, len(pixels), (32,), generator=generator)
-        top, left = torch.randint(0, IMAGE_SIZE - 32 + 1, (2,), generator=generator).tolist()
-        batch = pixels[rows, :, top : top + 32, left : left + 32]
+        # whole images, not crops: the judge reads the background off the image border, so
+        # the decoder must learn the border as it is
+        batch = pixels[torch.randint(0, len(pixels), (16,), generator=generator)]
         posterior = vae.encode(batch).latent_dist
         latents = posterior.mean + posterior.std * torch.randn(
             posterior.mean.shape, generator=generator
@@ -224,6 +227,7 @@ def train_denoiser(
 def save_pipeline(
     out: Path, vae: AutoencoderKL, unet: UNet2DConditionModel, text_encoder: CLIPTextModel
 ) -> StableDiffusionPipeline:
+    """Save in half precision (the package stays small) and reload what ships, in float32."""
     pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -234,8 +238,16 @@ def save_pipeline(
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipeline.save_pretrained(out, safe_serialization=True)
-    return pipeline
+    pipeline.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    write_slow_tokenizer_files(out / "tokenizer")
+    return StableDiffusionPipeline.from_pretrained(out, torch_dtype=torch.float32)
+
+
+def write_slow_tokenizer_files(folder: Path) -> None:
+    """Ship ``vocab.json`` + ``merges.txt`` (1.5 MB, read by every transformers version)
+    instead of the 3.6 MB ``tokenizer.json`` that transformers 5 writes."""
+    (folder / "tokenizer.json").unlink(missing_ok=True)
+    write_clip_tokenizer_files(folder)
 
 
 @torch.no_grad()
@@ -292,7 +304,7 @@ def main() -> None:
     parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--unet-steps", type=int, default=2500)
     parser.add_argument("--pairs-out", type=Path, default=Path("alignkit/tinyworld/assets/pairs"))
-    parser.add_argument("--pairs-per-prompt", type=int, default=16)
+    parser.add_argument("--pairs-per-prompt", type=int, default=8)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

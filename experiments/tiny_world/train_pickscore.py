@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
+from train_clip import world_token_ids  # this folder's script: run as a script, not -m
 
 from alignkit.config import ModelConfig, asset_path
 from alignkit.models import build_backbone
@@ -44,9 +45,9 @@ def decode(jpgs: pd.Series) -> torch.Tensor:
 
 
 def read_pairs(folder: Path) -> pd.DataFrame:
-    files = sorted(folder.glob("*.parquet"))
+    files = sorted(folder.rglob("*.parquet"))
     if not files:
-        raise FileNotFoundError(f"no parquet files in {folder}; run experiments/tiny_world/build.py")
+        raise FileNotFoundError(f"no parquet files under {folder}; run the tiny-world build")
     return pd.concat([pd.read_parquet(file) for file in files], ignore_index=True)
 
 
@@ -98,7 +99,11 @@ def sample_heldout_pairs(per_prompt: int, seed: int) -> PairTensors:
 
 def train(clip: ClipModel, pairs: PairTensors, args: argparse.Namespace) -> list[float]:
     generator = torch.Generator().manual_seed(args.seed)
-    optimizer = torch.optim.AdamW(clip.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # The token embedding stays frozen (our choice): only the rows of the world's words would
+    # move, and the shipped file keeps just those rows.
+    clip.model.token_embedding.requires_grad_(False)
+    trainable = [parameter for parameter in clip.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / args.warmup_steps)
     )
@@ -115,7 +120,7 @@ def train(clip: ClipModel, pairs: PairTensors, args: argparse.Namespace) -> list
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     log(f"{len(train_pairs)} training pairs; untrained CLIP: {json.dumps(before)}")
     started = time.time()
     losses = train(clip, train_pairs, args)
-    clip.save(args.out)
+    clip.save(args.out, token_ids=world_token_ids(clip))
     shipped = ClipModel.from_folder(args.out).eval()  # evaluate what ships: fp16 weights
     report = {
         "command": "python experiments/tiny_world/train_pickscore.py",
