@@ -103,6 +103,9 @@ def run(cfg: DictConfig) -> RunResult:
         device=accelerator.device,
     )
     algorithm = build_algorithm(cfg.algo, backbone)
+    prepare = getattr(algorithm, "prepare", None)  # optional: one pass over the data (RPO)
+    if prepare is not None:
+        prepare(batches)
     trainer = Trainer(
         cfg.trainer, backbone, algorithm, batches, run_dir, accelerator, cfg.seed, config
     )

@@ -16,6 +16,8 @@ class Algorithm(Protocol):
     schema (a dataclass extending ``AlgoConfig``); ``loss`` returns
     the scalar to minimise and the per-step metrics to log. ``generator`` drives every random
     draw (timesteps, noise) so that a resumed run repeats the uninterrupted one exactly.
+    An algorithm may also define ``prepare(batches)``, called once before training with the
+    batch source (e.g. RPO embeds the cached dataset with CLIP there).
     """
 
     data_kind: ClassVar[str]

@@ -7,6 +7,7 @@ kept once per distinct prompt and rows point at them through ``text_index``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -23,6 +24,9 @@ class EncodedPairs:
     text: dict[str, torch.Tensor]  # name -> [len(prompts), ...]
     empty_text: dict[str, torch.Tensor]  # name -> [1, ...]: the encoding of ""
     row_ids: list[int]  # [N], source row ids
+    # the latent cache folder these came from, if any: derived caches (e.g. RPO's CLIP
+    # embeddings) are stored beside it, so they are keyed by everything the latents are
+    cache_folder: Path | None = None
 
     def __post_init__(self) -> None:
         rows = {

@@ -113,6 +113,7 @@ def open_cached_pairs(
                 manifest["ties_dropped"],
             )
             _check_cached_corruption(manifest, encoded, cfg)
+            encoded.cache_folder = folder
             return encoded
     where = source.describe()
     pairs = PreferencePairs(source.load(cfg.max_rows), cfg.drop_ties, where)
@@ -131,6 +132,7 @@ def open_cached_pairs(
     }
     try:
         save_encoded(encoded, folder, record)
+        encoded.cache_folder = folder
     except OSError as err:
         log.warning(
             "could not write the latent cache to %s (%s); training goes on without it. Set "

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.utils.checkpoint
 from diffusers.training_utils import cast_training_params
 
 from alignkit.config import ModelConfig
 from alignkit.models import lora as lora_lib
 from alignkit.models.components import Components
+from alignkit.models.encoder import block_checkpointing_off, unet_encoder_features
 from alignkit.models.schedule import add_noise, regression_target
 from alignkit.models.text import encode_prompts, unet_conditioning
 
@@ -123,6 +126,44 @@ class Backbone:
                     return self._call(self.unet_forward, x_t, t, text, micro_cond, self.device)
             device = next(self.reference_unet.parameters()).device
             return self._call(self.reference_unet, x_t, t, text, micro_cond, device)
+
+    def encoder_features(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        text: dict[str, torch.Tensor],
+        micro_cond: torch.Tensor | None = None,
+        layer: str = "mid",
+    ) -> torch.Tensor:
+        """The frozen base UNet's encoder activations of ``x`` at ``t`` (NCP), float32.
+
+        The encoder is the reference: the adapter-disabled UNet with LoRA, the frozen copy
+        with full fine-tuning. No weight gets a gradient here; gradients reach ``x`` only, so
+        callers choose no_grad (targets) or not (the policy's prediction) themselves.
+        """
+        if self.reference_unet is None:
+            unet, device, reference = self.unet, self.device, lora_lib.adapters_disabled
+        else:
+            unet = self.reference_unet
+            device, reference = next(unet.parameters()).device, nullcontext
+
+        def encode(sample: torch.Tensor) -> torch.Tensor:
+            with reference(unet), block_checkpointing_off(unet):
+                return self._encode(unet, sample, t, text, micro_cond, layer, device)
+
+        if self.cfg.gradient_checkpointing and torch.is_grad_enabled():
+            # checkpoint the whole encoder pass: its recomputation re-enters the reference
+            return torch.utils.checkpoint.checkpoint(encode, x, use_reentrant=False)
+        return encode(x)
+
+    def _encode(self, unet, x, t, text, micro_cond, layer, device) -> torch.Tensor:
+        text = {k: v.to(device) for k, v in text.items()}
+        micro_cond = None if micro_cond is None else micro_cond.to(device)
+        kwargs = unet_conditioning(self.family, text, micro_cond, self.weight_dtype)
+        features = unet_encoder_features(
+            unet, x.to(device, self.weight_dtype), t.to(device), layer=layer, **kwargs
+        )
+        return features.float().to(self.device)
 
     def _call(self, unet, x_t, t, text, micro_cond, device) -> torch.Tensor:
         text = {k: v.to(device) for k, v in text.items()}

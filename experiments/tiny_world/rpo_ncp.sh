@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Train and evaluate Diffusion-RPO and NCP-DPO/CPO/SFT on the tiny world (CPU, minutes each),
+# with the presets conf/experiment/tiny_<algo>.yaml; prints each run's judge win rate vs base.
+#   bash experiments/tiny_world/rpo_ncp.sh [OUT_DIR] [key=value ...]
+# e.g. bash experiments/tiny_world/rpo_ncp.sh /tmp/tiny trainer.max_steps=50 seed=1
+set -euo pipefail
+out=${1:-outputs/tiny_rpo_ncp}
+shift || true
+python=${PYTHON:-python}
+for algo in rpo ncp_dpo ncp_cpo ncp_sft; do
+  "$python" -m alignkit "experiment=tiny_$algo" "output_dir=$out/$algo" "$@"
+done
+for algo in rpo ncp_dpo ncp_cpo ncp_sft; do
+  "$python" -c 'import json, sys
+e = json.load(open(sys.argv[2]))["rewards"]["oracle"]
+w = e["win_rate"]
+print(f"{sys.argv[1]:8s} judge base {e[\"base\"]:.4f} aligned {e[\"aligned\"]:.4f} "
+      f"win rate {w[\"rate\"]:.1%} ({w[\"ci_low\"]:.1%}-{w[\"ci_high\"]:.1%}, n={w[\"n\"]})")' \
+    "$algo" "$out/$algo/eval.json"
+done
