@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from alignkit.algorithms import dpo  # noqa: F401  (registers dpo, sft)
+from alignkit.algorithms import (
+    dpo,  # noqa: F401  (registers dpo, sft)
+    spo,  # noqa: F401  (registers spo)
+)
 from alignkit.algorithms.registry import ALGORITHMS, Algorithm
 
 __all__ = ["ALGORITHMS", "Algorithm", "build_algorithm"]
