@@ -183,7 +183,11 @@ class StepAwarePreferenceModel(nn.Module):
 
     # -- features and scores -----------------------------------------------------------------
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images -> resize the short side, centre crop, normalise (torch only)."""
+        """[0, 1] images -> resize the short side, centre crop, normalise (torch only): the
+        open_clip tower's own ``ClipModel.preprocess``; for the HF tower the authors' SPM
+        preprocessing (bicubic without antialiasing)."""
+        if self.tower == "open_clip":
+            return self.model.preprocess(images)
         _check_images(images)
         height, width = images.shape[-2:]
         size = _shortest_side_size(height, width, self.image_size)
