@@ -22,6 +22,7 @@ model's own state-dict keys are unchanged and its weights load as they are.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -273,6 +274,29 @@ class StepAwarePreferenceModel(nn.Module):
             )
         self._clip_module[0].load_state_dict(state, strict=False)
         return sorted(set(own) - set(state))
+
+    def save_base_clip(self, folder: str | Path) -> Path:
+        """The wrapped open_clip model alone, in ``ClipModel``'s folder format (the
+        step-aware parameters go to ``save_adapter``), e.g. after fine-tuning all of it."""
+        if self.tower != "open_clip":
+            raise ValueError(
+                "save_base_clip writes open_clip folders; save an HF tower with "
+                "its own save_pretrained"
+            )
+        from alignkit.rewards.clip import CONFIG_FILE, WEIGHTS_FILE
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {"model_cfg": self.model.model_cfg, "preprocess_cfg": self.model.preprocess_cfg}
+        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        adapter = set(self.adapter_state_dict())
+        weights = {
+            k: v.detach().float().cpu().contiguous()
+            for k, v in self.model.model.state_dict().items()
+            if k not in adapter
+        }
+        save_file(weights, str(folder / WEIGHTS_FILE))
+        return folder
 
     def save_adapter(self, folder: str | Path) -> Path:
         folder = Path(folder)
