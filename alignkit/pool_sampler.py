@@ -277,27 +277,26 @@ def even_share(
     return transitions.select(permutation[start : start + per_process].to(transitions.x_t_w.device))
 
 
-def redistribute(transitions: Transitions, accelerator, generator: torch.Generator) -> Transitions:
+def redistribute(transitions: Transitions, state, generator: torch.Generator) -> Transitions:
     """Gather every process's transitions and hand each an even, shuffled share.
 
-    Rounds keep a different number of pairs on each process; padded ``accelerate`` gathers
-    collect them all, process 0's permutation is broadcast, and ``even_share`` cuts it. With
-    one process this is a shuffle.
+    ``state`` is accelerate's ``PartialState`` (or an ``Accelerator``). Rounds keep a
+    different number of pairs on each process; padded gathers collect them all, process 0's
+    permutation is broadcast, and ``even_share`` cuts it. With one process this is a shuffle.
     """
-    num = accelerator.num_processes
+    num = state.num_processes
     if num == 1:
         permutation = torch.randperm(len(transitions), generator=generator)
         return even_share(transitions, 0, 1, permutation)
-    from accelerate.utils import broadcast
+    from accelerate.utils import broadcast, gather, pad_across_processes
 
-    device = accelerator.device
-    counts = accelerator.gather(torch.tensor([len(transitions)], device=device)).cpu()
+    device = state.device
+    counts = gather(torch.tensor([len(transitions)], device=device)).cpu()
     gathered = {}
     for name, value in transitions.tensors().items():
-        padded = accelerator.pad_across_processes(value.to(device), dim=0)
-        chunks = accelerator.gather(padded).chunk(num)
+        chunks = gather(pad_across_processes(value.to(device), dim=0)).chunk(num)
         gathered[name] = torch.cat([c[: int(n)] for c, n in zip(chunks, counts)])
     everything = Transitions.from_tensors(gathered)
     permutation = torch.randperm(len(everything), generator=generator).to(device)
     permutation = broadcast(permutation, from_process=0).cpu()
-    return even_share(everything, accelerator.process_index, num, permutation)
+    return even_share(everything, state.process_index, num, permutation)
