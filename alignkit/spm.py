@@ -55,19 +55,39 @@ class PairTensors:
     label_0: torch.Tensor
     label_1: torch.Tensor
     prompts: list[str]
+    latents_0: torch.Tensor | None = None  # the VAE latents, once ``encode_pairs`` ran
+    latents_1: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
 
     def select(self, index: torch.Tensor) -> PairTensors:
         rows = index.tolist()
+        encoded = self.latents_0 is not None
         return PairTensors(
             self.images_0[index],
             self.images_1[index],
             self.label_0[index],
             self.label_1[index],
             [self.prompts[i] for i in rows],
+            self.latents_0[index] if encoded else None,
+            self.latents_1[index] if encoded else None,
         )
+
+
+@torch.no_grad()
+def encode_pairs(backbone: Backbone, pairs: PairTensors, batch_size: int = 64) -> PairTensors:
+    """Encode every image once (the VAE is frozen), so training steps skip the encoder."""
+
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        chunks = [
+            backbone.encode_images(images[i : i + batch_size].to(backbone.device) * 2 - 1).cpu()
+            for i in range(0, len(images), batch_size)
+        ]
+        return torch.cat(chunks)
+
+    pairs.latents_0, pairs.latents_1 = encode(pairs.images_0), encode(pairs.images_1)
+    return pairs
 
 
 def _decode(data: bytes, resolution: int) -> torch.Tensor:
@@ -111,15 +131,15 @@ def split_by_prompt(pairs: PairTensors, heldout_fraction: float) -> tuple[PairTe
 @torch.no_grad()
 def predicted_x0_images(
     backbone: Backbone,
-    images: torch.Tensor,
+    latents: torch.Tensor,
     prompts: list[str],
     t: torch.Tensor,
     noise: torch.Tensor,
     guidance: float,
 ) -> torch.Tensor:
-    """Noise the images' latents to ``t`` with ``noise``, predict ``x0_hat`` with the frozen
-    base UNet under CFG, decode: what the SPM sees at step t."""
-    latents = backbone.encode_images(images.to(backbone.device) * 2 - 1)
+    """Noise the latents to ``t`` with ``noise``, predict ``x0_hat`` with the frozen base
+    UNet under CFG, decode: what the SPM sees at step t."""
+    latents = latents.to(backbone.device)
     t, noise = t.to(backbone.device), noise.to(backbone.device)
     x_t = backbone.add_noise(latents, noise, t)
     text = backbone.encode_prompts([""] * len(prompts) + list(prompts))
@@ -140,12 +160,14 @@ def pair_inputs(
     guidance: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Both images of each pair through ``predicted_x0_images`` with one shared noise."""
+    if pairs.latents_0 is None:
+        pairs = encode_pairs(backbone, pairs)
     noise = torch.randn(
         (len(pairs), *backbone_latent_shape(backbone)), generator=generator, dtype=torch.float32
     )
     both = predicted_x0_images(
         backbone,
-        torch.cat([pairs.images_0, pairs.images_1]),
+        torch.cat([pairs.latents_0, pairs.latents_1]),
         pairs.prompts * 2,
         torch.cat([t, t]),
         torch.cat([noise, noise]),
@@ -281,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     backbone = build_backbone(model_cfg, device)
     backbone.unet.eval()
     pairs = read_pairs(args.pairs or asset_path("pairs"), args.resolution, args.max_rows)
-    train, heldout = split_by_prompt(pairs, args.heldout_fraction)
+    train, heldout = split_by_prompt(encode_pairs(backbone, pairs), args.heldout_fraction)
     log.info("%d training pairs, %d held-out pairs", len(train), len(heldout))
     clip_path = Path(args.clip) if args.clip else _default_clip()
     spm = StepAwarePreferenceModel.from_clip(ClipModel.load(clip_path)).to(device)
