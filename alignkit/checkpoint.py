@@ -10,7 +10,7 @@ import json
 import os
 import random
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 _PREFIX = "step_"
 _STATE_FILE = "state.json"
+_ALGORITHM_FILE = "algorithm.safetensors"
 
 
 @dataclass
@@ -30,6 +31,8 @@ class CheckpointContents:
     lr_scheduler: dict[str, Any]
     generator_state: torch.Tensor
     config: dict[str, Any]
+    # an algorithm's own state across optimizer steps (e.g. SPO's waiting transitions)
+    algorithm: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -94,6 +97,11 @@ def save_checkpoint(root: str | Path, contents: CheckpointContents, keep: int) -
     )
     save_file(optimizer_tensors, temporary / "optimizer.safetensors")
     save_file(rng_tensors, temporary / "rng.safetensors")
+    if contents.algorithm:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in contents.algorithm.items()},
+            temporary / _ALGORITHM_FILE,
+        )
     state = {
         "step": contents.step,
         "optimizer": optimizer_rest,
@@ -134,4 +142,7 @@ def load_checkpoint(folder: str | Path, restore_rng: bool = True) -> CheckpointC
         lr_scheduler=state["lr_scheduler"],
         generator_state=rng["alignkit_generator"],
         config=state["config"],
+        algorithm=load_file(folder / _ALGORITHM_FILE)
+        if (folder / _ALGORITHM_FILE).is_file()
+        else {},
     )

@@ -95,3 +95,31 @@ def rpo_loss(
     raise ValueError(
         f"unknown rpo weight placement {placement!r}; choose 'outside' (paper) or 'inside'"
     )
+
+
+def spo_log_ratio(logp: torch.Tensor, ref_logp: torch.Tensor, eps: float) -> torch.Tensor:
+    """``log clamp(exp(logp - ref_logp), 1 - eps, 1 + eps)``: the clipped step log-ratio.
+
+    Clamping (not PPO's min) means the gradient is exactly zero once the ratio leaves
+    ``[1 - eps, 1 + eps]``: the policy cannot drift far from the sampler in one round.
+    """
+    ratio = torch.exp(logp.float() - ref_logp.float())
+    return torch.log(torch.clamp(ratio, 1 - eps, 1 + eps))
+
+
+def spo_loss(
+    logp_w: torch.Tensor,
+    logp_l: torch.Tensor,
+    ref_logp_w: torch.Tensor,
+    ref_logp_l: torch.Tensor,
+    beta: float,
+    eps: float,
+) -> torch.Tensor:
+    """SPO (Liang et al. 2024, ALGORITHMS.md §5): ``mean(-logsigmoid(beta (log r_w - log r_l)))``
+    on single DDIM steps, ``r`` the clipped policy/reference likelihood ratio."""
+    if not 0 < eps < 1:
+        raise ValueError(f"eps={eps}: the ratio clip must lie in (0, 1); SPO uses 0.1")
+    logits = beta * (
+        spo_log_ratio(logp_w, ref_logp_w, eps) - spo_log_ratio(logp_l, ref_logp_l, eps)
+    )
+    return -F.logsigmoid(logits).mean()

@@ -8,6 +8,7 @@ built on the model's own scheduler config, so the output matches diffusers' DDIM
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -117,3 +118,143 @@ def generate_images(
         latents = sample_latents(backbone, prompts[chunk], seeds[chunk], steps, guidance, reference)
         images.append(backbone.decode_latents(latents).cpu())
     return torch.cat(images)
+
+
+# -- stochastic DDIM with log-probabilities (SPO, DRTune) ------------------------------------
+
+
+def ddim_step_log_prob(
+    x_prev: torch.Tensor,
+    x0_pred: torch.Tensor,
+    eps_pred: torch.Tensor,
+    alpha_prod_t: torch.Tensor,
+    alpha_prod_prev: torch.Tensor,
+    eta: float,
+) -> torch.Tensor:
+    """Log-density ``[B]`` of ``x_prev`` under the DDIM step ``N(mu, sigma^2 I)``.
+
+    The Gaussian log-density is averaged (not summed) over C, H, W as in ALGORITHMS.md §5, so
+    its scale does not depend on the latent size. ``x_prev`` is detached: only the mean
+    carries the model's gradient.
+    """
+    if eta <= 0:
+        raise ValueError(
+            f"eta={eta}: a DDIM step with eta <= 0 is deterministic and has no log-probability; "
+            "use eta > 0 (SPO uses 1.0)"
+        )
+    x0_pred, eps_pred = x0_pred.float(), eps_pred.float()
+    alpha_t = torch.as_tensor(alpha_prod_t, dtype=torch.float32, device=x0_pred.device)
+    alpha_prev = torch.as_tensor(alpha_prod_prev, dtype=torch.float32, device=x0_pred.device)
+    alpha_t = alpha_t.expand(x0_pred.shape[0]) if alpha_t.dim() == 0 else alpha_t.reshape(-1)
+    alpha_prev = (
+        alpha_prev.expand(x0_pred.shape[0]) if alpha_prev.dim() == 0 else alpha_prev.reshape(-1)
+    )
+    sigma = ddim_sigma(alpha_t, alpha_prev, eta)
+    mean = ddim_mean(x0_pred, eps_pred, alpha_prev, sigma)
+    sigma = sigma.reshape(-1, *([1] * (x0_pred.dim() - 1)))
+    log_density = (
+        -((x_prev.detach().float() - mean) ** 2) / (2 * sigma**2)
+        - sigma.log()
+        - 0.5 * math.log(2 * math.pi)
+    )
+    return log_density.mean(dim=tuple(range(1, log_density.dim())))
+
+
+def guided_prediction(output: torch.Tensor, guidance: float) -> torch.Tensor:
+    """CFG over a UNet output laid out ``[uncond; cond]`` along the batch."""
+    uncond, cond = output.chunk(2)
+    return uncond + guidance * (cond - uncond)
+
+
+@dataclass
+class DDIMStep:
+    """One stochastic DDIM step: where it landed and the pieces it was built from."""
+
+    x_prev: torch.Tensor
+    x0: torch.Tensor
+    eps: torch.Tensor
+    log_prob: torch.Tensor | None  # [B]; None when eta == 0 (a deterministic step)
+
+
+def ddim_step(
+    x_t: torch.Tensor,
+    x0: torch.Tensor,
+    eps: torch.Tensor,
+    alpha_t: torch.Tensor,
+    alpha_prev: torch.Tensor,
+    eta: float,
+    generator: torch.Generator | None = None,
+    noise: torch.Tensor | None = None,
+) -> DDIMStep:
+    """``x_prev = mu + sigma z`` with z drawn on the CPU from ``generator`` (device-independent
+    streams, so runs reproduce across machines) unless ``noise`` is given."""
+    alpha_t = alpha_t.reshape(-1).expand(x_t.shape[0]) if alpha_t.numel() == 1 else alpha_t
+    alpha_prev = (
+        alpha_prev.reshape(-1).expand(x_t.shape[0]) if alpha_prev.numel() == 1 else alpha_prev
+    )
+    sigma = ddim_sigma(alpha_t.float(), alpha_prev.float(), eta)
+    mean = ddim_mean(x0, eps, alpha_prev.float(), sigma)
+    if eta == 0:
+        return DDIMStep(mean, x0, eps, None)
+    if noise is None:
+        noise = torch.randn(x_t.shape, generator=generator, dtype=torch.float32)
+    x_prev = mean + sigma.reshape(-1, *([1] * (x_t.dim() - 1))).to(mean) * noise.to(mean)
+    log_prob = ddim_step_log_prob(x_prev, x0, eps, alpha_t, alpha_prev, eta)
+    return DDIMStep(x_prev, x0, eps, log_prob)
+
+
+@dataclass
+class Trajectory:
+    """A sampled DDIM trajectory: ``latents[i]`` is the input of step i, ``latents[-1]`` the
+    result; ``log_probs[:, i]`` the log-density of step i (None for eta = 0)."""
+
+    latents: torch.Tensor  # [B, S+1, C, H, W]
+    log_probs: torch.Tensor | None  # [B, S]
+    timesteps: torch.Tensor  # [S]
+
+
+def latent_shape(backbone: Backbone) -> tuple[int, int, int]:
+    factor = 2 ** (len(backbone.vae.config.block_out_channels) - 1)
+    size = backbone.resolution // factor
+    return (backbone.unet.config.in_channels, size, size)
+
+
+def guided_conditioning(
+    backbone: Backbone, prompts: list[str]
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Text conditioning and micro-conditioning laid out ``[uncond; cond]`` for one CFG call."""
+    text = backbone.encode_prompts([""] * len(prompts) + list(prompts))
+    micro = default_micro_cond(2 * len(prompts), backbone.resolution, backbone.device)
+    return text, micro
+
+
+@torch.no_grad()
+def sample_with_log_probs(
+    backbone: Backbone,
+    prompts: list[str],
+    seeds: list[int],
+    generator: torch.Generator,
+    steps: int = 20,
+    guidance: float = 5.0,
+    eta: float = 1.0,
+    reference: bool = False,
+) -> Trajectory:
+    """DDIM with CFG and ``eta``: the whole trajectory and every step's log-probability.
+    The step noise comes from ``generator``; the initial latents from ``seeds``."""
+    schedule = DDIMSchedule.for_backbone(backbone, steps)
+    x = initial_noise(seeds, latent_shape(backbone)).to(backbone.device)
+    text, micro = guided_conditioning(backbone, prompts)
+    latents, log_probs = [x], []
+    for t, alpha_t, alpha_prev in zip(schedule.timesteps, schedule.alpha_t, schedule.alpha_prev):
+        out = backbone.predict(
+            torch.cat([x, x]), t.repeat(2 * len(prompts)), text, micro, reference
+        )
+        x0, eps = split_prediction(
+            backbone.prediction_type, guided_prediction(out, guidance), x, alpha_t
+        )
+        step = ddim_step(x, x0, eps, alpha_t, alpha_prev, eta, generator)
+        x = step.x_prev
+        latents.append(x)
+        log_probs.append(step.log_prob)
+    stacked = None if eta == 0 else torch.stack(log_probs, dim=1)
+    return Trajectory(torch.stack(latents, dim=1), stacked, schedule.timesteps)

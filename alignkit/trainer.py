@@ -121,6 +121,18 @@ class Trainer:
         self.step = 0
         self._phase = "idle"  # idle | accumulating | updating: what an interrupt would cut
         self._step_start_generator = self.generator.get_state()
+        self._step_start_algorithm = self._algorithm_state()
+
+    def _algorithm_state(self) -> dict[str, torch.Tensor]:
+        """An algorithm that carries state across optimizer steps (e.g. SPO's transitions
+        from a sampling round) exposes ``state_dict``/``load_state_dict``; it is
+        checkpointed with the rest, so a resumed run repeats the uninterrupted one."""
+        state_dict = getattr(self.algorithm, "state_dict", None)
+        return dict(state_dict()) if state_dict is not None else {}
+
+    def _load_algorithm_state(self, state: dict[str, torch.Tensor]) -> None:
+        if hasattr(self.algorithm, "load_state_dict"):
+            self.algorithm.load_state_dict(state)
 
     @property
     def checkpoint_root(self) -> Path:
@@ -142,6 +154,7 @@ class Trainer:
         self.optimizer.load_state_dict(contents.optimizer)
         self.lr_schedule.load_state_dict(contents.lr_scheduler)
         self.generator.set_state(contents.generator_state)
+        self._load_algorithm_state(contents.algorithm)
         self.step = contents.step
         log.info("resumed from %s at step %d", checkpoints[-1], self.step)
         return self.step
@@ -154,6 +167,7 @@ class Trainer:
             lr_scheduler=self.lr_schedule.state_dict(),
             generator_state=self.generator.get_state(),
             config=self.config,
+            algorithm=self._algorithm_state(),
         )
         return save_checkpoint(self.checkpoint_root, contents, self.cfg.keep_checkpoints)
 
@@ -163,6 +177,7 @@ class Trainer:
         sums: dict[str, float] = defaultdict(float)
         samples = 0
         self._step_start_generator = self.generator.get_state()
+        self._step_start_algorithm = self._algorithm_state()
         self._phase = "accumulating"
         for micro in range(accum):
             index = (self.step * accum + micro) * accelerator.num_processes
@@ -236,6 +251,7 @@ class Trainer:
             return
         if self._phase == "accumulating":
             self.generator.set_state(self._step_start_generator)
+            self._load_algorithm_state(self._step_start_algorithm)
             self.optimizer.zero_grad(set_to_none=True)
         log.warning("interrupted at step %d: saving a checkpoint before exiting", self.step)
         self._save_on_main()

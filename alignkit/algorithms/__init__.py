@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from alignkit.algorithms import dpo, ncp, rpo  # noqa: F401  (each registers its algorithms)
+from alignkit.algorithms import dpo, ncp, rpo, spo  # noqa: F401  (each registers its algorithms)
 from alignkit.algorithms.registry import ALGORITHMS, Algorithm
 
 __all__ = ["ALGORITHMS", "Algorithm", "build_algorithm"]
