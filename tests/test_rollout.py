@@ -218,3 +218,27 @@ def test_draft_lv_renoises_the_sample_and_repeats_the_prompts(backbone):
 def test_mismatched_noise_and_prompts_are_rejected(backbone):
     with pytest.raises(ValueError, match="3 noise latents but 2 prompts"):
         rollout(backbone, PROMPTS[:2], _noise(3), last_k_plan(2, 1), GUIDANCE)
+
+
+def test_memory_kept_for_backward_grows_with_k_not_t(backbone):
+    from alignkit.bench_drtune import SavedBytes
+
+    def saved(plan, use_checkpoint=True):
+        counter = SavedBytes()
+        with torch.autograd.graph.saved_tensors_hooks(counter.pack, lambda tensor: tensor):
+            result = rollout(
+                backbone, PROMPTS[:2], _noise(), plan, GUIDANCE, use_checkpoint=use_checkpoint
+            )
+            _reward(backbone, result.latents)
+        return counter.total
+
+    short = RolloutPlan(4, 4, (0, 2), detach_inputs=True)
+    long = RolloutPlan(12, 12, (0, 6), detach_inputs=True)
+    # only the per-step DDIM coefficients ([B] alphas, a few bytes each) scale with T
+    assert 0 <= saved(long) - saved(short) < 1024
+    assert 0 <= saved(long, False) - saved(short, False) < 1024
+    more_k = RolloutPlan(12, 12, (0, 3, 6, 9), detach_inputs=True)
+    assert saved(more_k, False) > saved(long, False)
+    full_short = RolloutPlan(4, 4, (0, 1, 2, 3), detach_inputs=False)
+    full_long = RolloutPlan(12, 12, tuple(range(12)), detach_inputs=False)
+    assert saved(full_long, False) > 2 * saved(full_short, False)
