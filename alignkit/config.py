@@ -79,10 +79,10 @@ class RewardConfig:
     model_name: str | None = None  # an open_clip architecture name, used with checkpoint
     processor: str | None = None  # pickscore: the image processor / tokenizer folder
     head: str | None = None  # aesthetic: the MLP head's weights file
-    # combo: {reward name: weight} and {reward name: its path}. Typed Any (not dict) so that a
-    # command-line dict replaces the null default instead of merging into a closed struct.
+    # combo: {reward name: weight} and {reward name: {setting: value}}. Typed Any (not dict) so
+    # that a command-line dict replaces the null default instead of merging into a closed struct.
     weights: Any = None
-    paths: Any = None
+    options: Any = None
 
 
 @dataclass

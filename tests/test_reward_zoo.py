@@ -221,8 +221,8 @@ def test_combo_is_the_weighted_sum_and_checks_its_settings():
         WeightedRewards({})
     with pytest.raises(ValueError, match="must map reward names to numbers"):
         build_reward("combo", weights={"symmetry": "high"})
-    with pytest.raises(ValueError, match=r"reward.paths names \['pickscore'\]"):
-        build_reward("combo", weights={"symmetry": 1.0}, paths={"pickscore": "/m"})
+    with pytest.raises(ValueError, match=r"reward.options names \['pickscore'\]"):
+        build_reward("combo", weights={"symmetry": 1.0}, options={"pickscore": {"path": "/m"}})
 
 
 def test_options_a_reward_does_not_take_are_named():
@@ -230,7 +230,7 @@ def test_options_a_reward_does_not_take_are_named():
         build_reward("symmetry", head="/x")
 
     class Config:
-        name, path, checkpoint, model_name, processor, head, weights, paths = (
+        name, path, checkpoint, model_name, processor, head, weights, options = (
             "symmetry",
             None,
             None,

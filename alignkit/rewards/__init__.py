@@ -26,7 +26,7 @@ from alignkit.rewards.registry import REWARDS, Reward
 __all__ = ["REWARDS", "Reward", "build_configured_reward", "build_reward"]
 
 #: RewardConfig fields handed to the reward's constructor when set.
-OPTION_KEYS = ("path", "checkpoint", "model_name", "processor", "head", "weights", "paths")
+OPTION_KEYS = ("path", "checkpoint", "model_name", "processor", "head", "weights", "options")
 
 
 def build_reward(spec: str, **options: Any) -> Reward:
@@ -46,6 +46,13 @@ def build_reward(spec: str, **options: Any) -> Reward:
     return factory(**options)
 
 
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain dicts (nested), other values unchanged."""
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
 def build_configured_reward(cfg: Any) -> Reward | None:
     """The ``reward`` group's choice (None for ``reward=none``), with the options it sets."""
     if cfg.name == "none":
@@ -55,5 +62,5 @@ def build_configured_reward(cfg: Any) -> Reward | None:
         value = getattr(cfg, key, None)
         if value is None or (isinstance(value, Mapping) and not value):
             continue
-        options[key] = dict(value) if isinstance(value, Mapping) else value
+        options[key] = _plain(value)
     return build_reward(cfg.name, **options)

@@ -1,4 +1,5 @@
-"""A weighted sum of rewards: ``reward=combo reward.weights={oracle_diff: 1.0, tiny_clip: 0.01}``.
+"""A weighted sum of rewards: ``reward=combo reward.weights={oracle_diff: 1.0, tiny_clip: 0.01}``;
+parts that need settings get them from ``reward.options={pickscore: {path: /models/ps}}``.
 
 Scales differ by orders of magnitude between rewards (PickScore ~20, HPS ~0.3, CLIPScore
 ~30), so the weights are the user's to set; nothing is normalised behind their back.
@@ -34,10 +35,10 @@ class WeightedRewards:
 
 def build_weighted(
     weights: Mapping[str, float],
-    paths: Mapping[str, str] | None,
+    options: Mapping[str, Mapping[str, str]] | None,
     build: Callable[..., Reward],
 ) -> WeightedRewards:
-    """Each named part built by ``build(name, path=...)`` (its own path, if ``paths`` has one)."""
+    """Each named part built by ``build(name, **options[name])``."""
     if not isinstance(weights, Mapping) or not all(
         isinstance(w, (int, float)) and not isinstance(w, bool) for w in weights.values()
     ):
@@ -45,23 +46,29 @@ def build_weighted(
             f"reward.weights must map reward names to numbers, e.g. {{oracle_diff:1.0}}; "
             f"got {weights!r}"
         )
-    paths = dict(paths or {})
+    options = dict(options or {})
     if "combo" in weights:
         raise ValueError("reward.weights cannot name combo itself")
-    unused = sorted(set(paths) - set(weights))
+    unused = sorted(set(options) - set(weights))
     if unused:
-        raise ValueError(f"reward.paths names {unused}, which reward.weights does not weigh")
+        raise ValueError(f"reward.options names {unused}, which reward.weights does not weigh")
     parts = {}
     for name, weight in weights.items():
-        options = {"path": paths[name]} if name in paths else {}
-        parts[name] = (float(weight), build(name, **options))
+        settings = options.get(name) or {}
+        if not isinstance(settings, Mapping):
+            raise ValueError(
+                f"reward.options.{name} must map settings to values, e.g. {{path: /models/x}}; "
+                f"got {settings!r}"
+            )
+        parts[name] = (float(weight), build(name, **dict(settings)))
     return WeightedRewards(parts)
 
 
 @REWARDS.register("combo")
 def combo(
-    weights: Mapping[str, float] | None = None, paths: Mapping[str, str] | None = None
+    weights: Mapping[str, float] | None = None,
+    options: Mapping[str, Mapping[str, str]] | None = None,
 ) -> WeightedRewards:
     from alignkit.rewards import build_reward
 
-    return build_weighted(weights or {}, paths, build_reward)
+    return build_weighted(weights or {}, options, build_reward)
