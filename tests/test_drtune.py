@@ -105,3 +105,14 @@ def test_drtune_run_end_to_end(tmp_path):
     assert [row["step"] for row in rows] == [1, 2]
     assert all(row["grad_norm"] > 0 and "reward" in row for row in rows)
     assert result.train.step == 2 and result.train.final_dir.is_dir()
+
+
+@pytest.mark.parametrize("scheme", ["drtune", "draft_lv"])
+def test_sdxl_conditioning_flows_through_the_rollout(scheme):
+    torch.manual_seed(0)
+    sdxl = tiny_backbone("sdxl")
+    cfg = DRTuneConfig(name="drtune", scheme=scheme, steps=2, train_steps=2, guidance=2.0)
+    algorithm = build_algorithm(cfg, sdxl, reward=build_reward("left_bright"))
+    loss, _ = algorithm.loss(PromptBatch(PROMPTS[:2]), torch.Generator().manual_seed(0))
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in sdxl.trainable_parameters())
