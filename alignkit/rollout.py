@@ -142,18 +142,28 @@ class Rollout:
     plan: RolloutPlan
 
 
+@dataclass
 class GuidedModel:
     """The policy's guided prediction at one timestep, as one function of ``x_t`` (what
-    gradient checkpointing recomputes)."""
+    gradient checkpointing recomputes). ``text`` and ``micro`` hold [uncond; cond] halves
+    when guided."""
 
-    def __init__(self, backbone: Backbone, prompts: list[str], guidance: float) -> None:
-        self.backbone = backbone
-        self.guidance = guidance
-        self.guided = guidance != 1.0
-        batch = len(prompts)
-        prompts = [""] * batch + list(prompts) if self.guided else list(prompts)
-        self.text = backbone.encode_prompts(prompts)
-        self.micro = default_micro_cond(len(prompts), backbone.resolution, backbone.device)
+    backbone: Backbone
+    guidance: float
+    text: dict[str, torch.Tensor]
+    micro: torch.Tensor | None
+
+    @classmethod
+    def for_prompts(cls, backbone: Backbone, prompts: list[str], guidance: float) -> GuidedModel:
+        if guidance != 1.0:
+            prompts = [""] * len(prompts) + list(prompts)
+        text = backbone.encode_prompts(list(prompts))
+        micro = default_micro_cond(len(prompts), backbone.resolution, backbone.device)
+        return cls(backbone, guidance, text, micro)
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance != 1.0
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         model_input = torch.cat([x, x]) if self.guided else x
@@ -166,11 +176,12 @@ class GuidedModel:
 
     def repeated(self, times: int) -> GuidedModel:
         """The same conditioning for ``times`` stacked copies of the batch."""
-        copy = object.__new__(GuidedModel)
-        copy.backbone, copy.guidance, copy.guided = self.backbone, self.guidance, self.guided
-        copy.text = _repeat_halves(self.text, times, self.guided)
-        copy.micro = _repeat_halves({"m": self.micro}, times, self.guided)["m"]
-        return copy
+        tensors = dict(self.text)
+        if self.micro is not None:
+            tensors["micro"] = self.micro
+        tensors = _repeat_halves(tensors, times, self.guided)
+        micro = tensors.pop("micro", None)
+        return GuidedModel(self.backbone, self.guidance, tensors, micro)
 
 
 def _repeat_halves(
@@ -213,7 +224,7 @@ def rollout(
     if len(noise) != len(prompts):
         raise ValueError(f"{len(noise)} noise latents but {len(prompts)} prompts")
     schedule = DDIMSchedule.for_backbone(backbone, plan.steps)
-    model = GuidedModel(backbone, prompts, guidance)
+    model = GuidedModel.for_prompts(backbone, prompts, guidance)
     grad_steps = set(plan.grad_steps)
     x = noise.to(backbone.device, torch.float32)
     for index in range(plan.calls):
