@@ -16,12 +16,13 @@ import torch
 from accelerate import Accelerator
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from alignkit.algorithms import ALGORITHMS, build_algorithm
+from alignkit.algorithms import ALGORITHMS, build_algorithm, needs_reward
 from alignkit.checkpoint import list_checkpoints, load_checkpoint
 from alignkit.config import asset_path, validate_config
 from alignkit.data import build_batches
 from alignkit.evaluation import evaluate, results_table
 from alignkit.models import build_backbone
+from alignkit.rewards import build_configured_reward
 from alignkit.sinks import build_sinks
 from alignkit.trainer import Trainer, TrainResult
 
@@ -102,7 +103,8 @@ def run(cfg: DictConfig) -> RunResult:
         seed=cfg.seed,
         device=accelerator.device,
     )
-    algorithm = build_algorithm(cfg.algo, backbone)
+    reward = build_configured_reward(cfg.reward) if needs_reward(cfg.algo.name) else None
+    algorithm = build_algorithm(cfg.algo, backbone, reward=reward)
     prepare = getattr(algorithm, "prepare", None)  # optional: one pass over the data (RPO)
     if prepare is not None:
         prepare(batches)

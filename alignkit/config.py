@@ -72,6 +72,17 @@ class AlgoConfig:
 @dataclass
 class RewardConfig:
     name: str = "none"
+    # Where the reward model lives (nothing is downloaded): each reward uses the keys it needs
+    # (docs/rewards.md); a key it does not use is an error naming the ones it takes.
+    path: str | None = None  # local folder (or cached hub id for pickscore)
+    checkpoint: str | None = None  # a weights file (hpsv2's HPS_v2.1_compressed.pt, a CLIP's)
+    model_name: str | None = None  # an open_clip architecture name, used with checkpoint
+    processor: str | None = None  # pickscore: the image processor / tokenizer folder
+    head: str | None = None  # aesthetic: the MLP head's weights file
+    # combo: {reward name: weight} and {reward name: {setting: value}}. Typed Any (not dict) so
+    # that a command-line dict replaces the null default instead of merging into a closed struct.
+    weights: Any = None
+    options: Any = None
 
 
 @dataclass

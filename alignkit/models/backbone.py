@@ -92,6 +92,11 @@ class Backbone:
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents -> pixels in [0, 1]."""
+        return self.decode_latents_with_grad(latents)
+
+    def decode_latents_with_grad(self, latents: torch.Tensor) -> torch.Tensor:
+        """``decode_latents`` with gradients to the latents (the VAE itself stays frozen):
+        reward backpropagation (DRTune, AlignProp, ...) differentiates through the decoder."""
         scaled = latents.to(self.device, self.weight_dtype) / self.vae.config.scaling_factor
         return (self.vae.decode(scaled).sample.float() / 2 + 0.5).clamp(0, 1)
 

@@ -24,18 +24,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alignkit.config import asset_path
+from alignkit.rewards.preprocess import (
+    INTERPOLATIONS,
+    RESIZE_MODES,
+    check_choice,
+    resize_crop_normalise,
+)
 from alignkit.rewards.registry import REWARDS
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 MODEL_CONFIG_KEYS = ("embed_dim", "vision_cfg", "text_cfg")
-RESIZE_MODES = ("shortest", "squash")
-INTERPOLATIONS = ("bicubic", "bilinear")
 TOKEN_EMBEDDING = "token_embedding.weight"
 SPARSE_ROWS = "token_embedding.kept_rows"
 SPARSE_VALUES = "token_embedding.kept_values"
@@ -60,8 +63,8 @@ class ClipModel(nn.Module):
         self.image_size = (size, size) if isinstance(size, int) else tuple(size[-2:])
         self.resize_mode = self.preprocess_cfg.get("resize_mode", "shortest")
         self.interpolation = self.preprocess_cfg.get("interpolation", "bicubic")
-        _check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
-        _check_choice("interpolation", self.interpolation, INTERPOLATIONS)
+        check_choice("resize_mode", self.resize_mode, RESIZE_MODES)
+        check_choice("interpolation", self.interpolation, INTERPOLATIONS)
         for name in ("mean", "std"):
             values = torch.tensor(self.preprocess_cfg[name], dtype=torch.float32)
             self.register_buffer(name, values.view(1, -1, 1, 1), persistent=False)
@@ -160,23 +163,14 @@ class ClipModel(nn.Module):
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] images ``[B, 3, H, W]`` -> the model's input: resize, centre crop, normalise."""
-        _check_images(images)
-        images = images.to(self.mean.dtype)
-        height, width = images.shape[-2:]
-        target_height, target_width = self.image_size
-        if self.resize_mode == "squash":
-            size = (target_height, target_width)
-        elif target_height == target_width:
-            size = _shortest_side_size(height, width, target_height)
-        else:
-            scale = max(target_height / height, target_width / width)
-            size = (round(height * scale), round(width * scale))
-        if size != (height, width):
-            images = F.interpolate(
-                images, size=size, mode=self.interpolation, align_corners=False, antialias=True
-            )
-        images = _centre_crop(images, target_height, target_width)
-        return (images - self.mean) / self.std
+        return resize_crop_normalise(
+            images,
+            self.image_size,
+            self.resize_mode,
+            self.interpolation,
+            self.mean.flatten(),
+            self.std.flatten(),
+        )
 
     def tokenize(self, prompts: list[str]) -> torch.Tensor:
         """Token ids ``[B, context_length]`` on the model's device."""
@@ -203,6 +197,16 @@ class ClipModel(nn.Module):
         return self.logit_scale * self.cosine(images, prompts)
 
 
+def _densify_token_embedding(state: dict[str, torch.Tensor], model: nn.Module) -> dict:
+    """Rebuild the full token embedding from the rows ``save(token_ids=...)`` kept."""
+    state = dict(state)
+    rows, values = state.pop(SPARSE_ROWS), state.pop(SPARSE_VALUES)
+    dense = torch.zeros_like(model.state_dict()[TOKEN_EMBEDDING])
+    dense[rows] = values.to(dense.dtype)
+    state[TOKEN_EMBEDDING] = dense
+    return state
+
+
 def read_config(path: Path) -> dict[str, Any]:
     """``{"model_cfg": ..., "preprocess_cfg": ...}`` from either accepted config layout."""
     try:
@@ -220,49 +224,29 @@ def read_config(path: Path) -> dict[str, Any]:
     return {"model_cfg": config["model_cfg"], "preprocess_cfg": config.get("preprocess_cfg", {})}
 
 
-def _densify_token_embedding(state: dict[str, torch.Tensor], model: nn.Module) -> dict:
-    """Rebuild the full token embedding from the rows ``save(token_ids=...)`` kept."""
-    state = dict(state)
-    rows, values = state.pop(SPARSE_ROWS), state.pop(SPARSE_VALUES)
-    dense = torch.zeros_like(model.state_dict()[TOKEN_EMBEDDING])
-    dense[rows] = values.to(dense.dtype)
-    state[TOKEN_EMBEDDING] = dense
-    return state
-
-
-def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
-    if value not in valid:
+def load_clip(
+    what: str,
+    path: str | Path | None,
+    model_name: str | None = None,
+    checkpoint: str | Path | None = None,
+) -> ClipModel:
+    """A folder (``path``), or an open_clip architecture name with a local checkpoint file."""
+    if model_name is not None:
+        if checkpoint is None:
+            raise ValueError(
+                f"{what}: model_name={model_name!r} needs reward.checkpoint=<local weights file>"
+            )
+        return ClipModel.from_checkpoint(model_name, checkpoint)
+    if path is None:
         raise ValueError(
-            f"unsupported preprocess {name} {value!r}; set preprocess_cfg.{name} to one of "
-            f"{', '.join(valid)}"
+            f"{what} needs a local model: pass reward.path=<open_clip folder> or "
+            "reward.model_name=<open_clip name> reward.checkpoint=<weights file>; " + OFFLINE_HINT
         )
+    return ClipModel.load(path, checkpoint)
 
 
-def _check_images(images: torch.Tensor) -> None:
-    if images.ndim != 4 or images.shape[1] != 3 or not images.is_floating_point():
-        raise ValueError(
-            f"expected float images [B, 3, H, W] in [0, 1], got {images.dtype} "
-            f"{tuple(images.shape)}"
-        )
-
-
-def _shortest_side_size(height: int, width: int, side: int) -> tuple[int, int]:
-    """torchvision's ``Resize(side)``: the shorter side becomes ``side``, the other truncates."""
-    if height <= width:
-        return side, int(side * width / height)
-    return int(side * height / width), side
-
-
-def _centre_crop(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """torchvision's centre crop offsets (rounded half-differences)."""
-    top = int(round((images.shape[-2] - height) / 2.0))
-    left = int(round((images.shape[-1] - width) / 2.0))
-    return images[..., top : top + height, left : left + width]
-
-
-@REWARDS.register("tiny_clip")
 class CLIPScoreReward:
-    """CLIPScore ``100 * max(cos, 0)`` (torchmetrics' scale), from the tiny world's CLIP.
+    """CLIPScore ``100 * max(cos, 0)`` (torchmetrics' scale; the paper's w = 2.5 is a rescale).
 
     The clamp keeps the familiar 0-100 range; it only cuts gradients for images that already
     disagree with their prompt, which a trained CLIP rarely sees for its own samples.
@@ -270,12 +254,27 @@ class CLIPScoreReward:
 
     differentiable = True
 
-    def __init__(
-        self, path: str | Path | None = None, checkpoint: str | Path | None = None
-    ) -> None:
-        self.clip = ClipModel.load(path or asset_path("clip"), checkpoint)
-        self.clip.eval().requires_grad_(False)
+    def __init__(self, clip: ClipModel) -> None:
+        self.clip = clip.eval().requires_grad_(False)
 
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
         self.clip.to(images.device)
         return 100.0 * self.clip.cosine(images, prompts).clamp(min=0.0)
+
+
+@REWARDS.register("tiny_clip")
+def tiny_clip_score(
+    path: str | Path | None = None, checkpoint: str | Path | None = None
+) -> CLIPScoreReward:
+    """CLIPScore with the tiny world's CLIP (or another folder)."""
+    return CLIPScoreReward(ClipModel.load(path or asset_path("clip"), checkpoint))
+
+
+@REWARDS.register("clipscore")
+def clip_score(
+    path: str | Path | None = None,
+    model_name: str | None = None,
+    checkpoint: str | Path | None = None,
+) -> CLIPScoreReward:
+    """CLIPScore with any open_clip model (the paper's: ViT-B-32 with OpenAI's weights)."""
+    return CLIPScoreReward(load_clip("reward=clipscore", path, model_name, checkpoint))

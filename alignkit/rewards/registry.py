@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, Protocol
 
 import torch
@@ -20,4 +21,5 @@ class Reward(Protocol):
     def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor: ...
 
 
-REWARDS: Registry[type] = Registry("reward")
+#: name -> a reward class or factory; its keyword arguments are the ``reward.*`` options.
+REWARDS: Registry[Callable[..., Reward]] = Registry("reward")
