@@ -15,7 +15,12 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
 from PIL import Image
+
+from alignkit.config import register_configs
 
 #: (height, width) of the images, cycled over rows.
 SIZES = ((40, 48), (56, 40))
@@ -153,3 +158,11 @@ class FakeEncoder:
         self.prompt_calls += 1
         embeds = torch.stack([text_embedding(prompt) for prompt in prompts])
         return {"prompt_embeds": embeds, "pooled_prompt_embeds": embeds.mean(dim=1)}
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    """The config ``python -m alignkit <overrides>`` would run, composed in process."""
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="alignkit.conf", version_base=None):
+        return compose("config", overrides=list(overrides))

@@ -4,15 +4,10 @@ import json
 import subprocess
 import sys
 
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from safetensors.torch import load_file
 
 from alignkit.app import run
-from alignkit.config import register_configs
-from tests.helpers import write_pair_folder
-
-register_configs()
+from tests.helpers import compose_config, write_pair_folder
 
 
 def _alignkit(*overrides: str) -> subprocess.CompletedProcess:
@@ -57,21 +52,16 @@ def test_dpo_on_tiny_sd_writes_the_run_folder_and_resumes(tmp_path):
 
 def test_sft_on_tiny_sdxl_runs_in_process(tmp_path):
     pairs = write_pair_folder(tmp_path / "pairs")
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="alignkit.conf", version_base=None):
-        cfg = compose(
-            "config",
-            overrides=[
-                "model=tiny_sdxl",
-                "algo=sft",
-                "data=pairs",
-                f"data.path={pairs}",
-                "trainer.max_steps=2",
-                "trainer.batch_size=2",
-                "trainer.progress_bar=false",
-                f"output_dir={tmp_path / 'run'}",
-            ],
-        )
+    cfg = compose_config(
+        "model=tiny_sdxl",
+        "algo=sft",
+        "data=pairs",
+        f"data.path={pairs}",
+        "trainer.max_steps=2",
+        "trainer.batch_size=2",
+        "trainer.progress_bar=false",
+        f"output_dir={tmp_path / 'run'}",
+    )
     result = run(cfg)
     assert result.train.step == 2
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()

@@ -3,22 +3,15 @@ import subprocess
 import sys
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from alignkit.algorithms import ALGORITHMS
 from alignkit.config import ConfigKeyError, config_group_options, register_configs, validate_config
+from tests.helpers import compose_config
 
 register_configs()
 GROUPS = config_group_options()
-
-
-def _compose(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="alignkit.conf", version_base=None):
-        return compose("config", overrides=list(overrides))
 
 
 def test_groups_exist():
@@ -30,7 +23,7 @@ def test_groups_exist():
     ("algo", "model"), list(itertools.product(GROUPS["algo"], GROUPS["model"]))
 )
 def test_every_algo_composes_with_every_model(algo, model):
-    cfg = _compose(f"algo={algo}", f"model={model}", "data=pairs", "data.path=/tmp/x")
+    cfg = compose_config(f"algo={algo}", f"model={model}", "data=pairs", "data.path=/tmp/x")
     assert cfg.algo.name == algo
     assert cfg.model.name == model
     assert cfg.model.family in {"sd", "sdxl"}
@@ -40,39 +33,39 @@ def test_every_algo_composes_with_every_model(algo, model):
 @pytest.mark.parametrize("group", ["data", "logger", "reward", "experiment"])
 def test_every_option_of_the_other_groups_composes(group):
     for option in GROUPS[group]:
-        cfg = _compose(f"{group}={option}", "data.path=/tmp/x")
+        cfg = compose_config(f"{group}={option}", "data.path=/tmp/x")
         assert cfg.data.path
 
 
 def test_misspelt_key_is_rejected_by_name():
     with pytest.raises(ConfigCompositionException) as error:
-        _compose("algo.bta=100")
+        compose_config("algo.bta=100")
     assert "bta" in str(error.value) + str(error.value.__cause__)
     with pytest.raises(ConfigCompositionException):
-        _compose("model.lora.rnk=4")
+        compose_config("model.lora.rnk=4")
 
 
 def test_added_unknown_keys_are_rejected_by_validation():
-    cfg = _compose("+model.lora.rnk=4", "+algo.bta=3")
+    cfg = compose_config("+model.lora.rnk=4", "+algo.bta=3")
     with pytest.raises(ConfigKeyError, match=r"model\.lora\.rnk \(valid keys: alpha,.*rank"):
         validate_config(cfg)
     with pytest.raises(ConfigKeyError, match=r"algo\.bta"):
         validate_config(cfg)
-    validate_config(_compose())
+    validate_config(compose_config())
 
 
 def test_wrong_type_is_rejected():
     with pytest.raises(ConfigCompositionException):
-        _compose("trainer.max_steps=many")
+        compose_config("trainer.max_steps=many")
 
 
 def test_unknown_group_option_lists_the_valid_ones():
     with pytest.raises(ConfigCompositionException, match=r"(?s)Available options in 'algo'.*dpo"):
-        _compose("algo=nonexistent")
+        compose_config("algo=nonexistent")
 
 
 def test_command_line_keys_of_the_contract_exist():
-    cfg = _compose(
+    cfg = compose_config(
         "trainer.max_steps=7", "trainer.batch_size=3", "trainer.lr=0.1", "seed=4", "output_dir=/o"
     )
     assert (cfg.trainer.max_steps, cfg.trainer.batch_size, cfg.trainer.lr) == (7, 3, 0.1)

@@ -8,20 +8,11 @@ import sys
 import numpy as np
 import torch
 from diffusers import StableDiffusionPipeline
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 
 from alignkit.app import run
-from alignkit.config import asset_path, register_configs
+from alignkit.config import asset_path
 from alignkit.tinyworld import fidelity_ok, heldout_prompts
-
-register_configs()
-
-
-def _compose(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="alignkit.conf", version_base=None):
-        return compose("config", overrides=list(overrides))
+from tests.helpers import compose_config
 
 
 def test_the_shipped_model_loads_in_diffusers_and_draws_the_prompted_shape_and_colour():
@@ -43,13 +34,13 @@ def test_the_shipped_model_loads_in_diffusers_and_draws_the_prompted_shape_and_c
 
 
 def test_the_default_job_is_the_tiny_world():
-    cfg = _compose()
+    cfg = compose_config()
     assert (cfg.model.name, cfg.data.name, cfg.algo.name) == ("tiny", "tiny_pairs", "dpo")
     assert cfg.model.path == asset_path("base_model")
 
 
 def test_dpo_raises_the_judges_score_on_heldout_prompts(tmp_path):
-    cfg = _compose(
+    cfg = compose_config(
         f"output_dir={tmp_path}",
         "trainer.progress_bar=false",
         "eval.seeds_per_prompt=2",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from alignkit.algorithms.errors import denoising_errors, paired
+from alignkit.algorithms.errors import denoising_errors, pair_errors
 from alignkit.algorithms.registry import ALGORITHMS
 from alignkit.config import AlgoConfig
 from alignkit.data.batch import PairBatch
@@ -45,16 +45,7 @@ class DiffusionDPO:
 
     def loss(self, batch: PairBatch, generator: torch.Generator):
         t, noise = _noise_and_timesteps(self.backbone, batch.latents_w, generator)
-        model_err, ref_err = denoising_errors(
-            self.backbone,
-            torch.cat([batch.latents_w, batch.latents_l]),
-            {k: paired(v) for k, v in batch.text.items()},
-            paired(batch.micro_cond),
-            paired(t),
-            paired(noise),
-        )
-        model_w, model_l = model_err.chunk(2)
-        ref_w, ref_l = ref_err.chunk(2)
+        model_w, model_l, ref_w, ref_l = pair_errors(self.backbone, batch, t, noise)
         loss = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, self.beta)
         logits = dpo_logits(model_w.detach(), model_l.detach(), ref_w, ref_l, self.beta)
         metrics = {

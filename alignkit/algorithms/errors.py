@@ -32,3 +32,21 @@ def denoising_errors(
 def paired(tensor: torch.Tensor) -> torch.Tensor:
     """Stack a per-pair tensor twice (winner half, loser half) along the batch."""
     return torch.cat([tensor, tensor], dim=0)
+
+
+def pair_errors(
+    backbone: Backbone, batch, t: torch.Tensor, noise: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Policy and reference errors of winners and losers ``(model_w, model_l, ref_w, ref_l)``,
+    each winner and its loser noised alike (one ``t`` and ``noise`` row per pair)."""
+    model_err, ref_err = denoising_errors(
+        backbone,
+        torch.cat([batch.latents_w, batch.latents_l]),
+        {k: paired(v) for k, v in batch.text.items()},
+        paired(batch.micro_cond),
+        paired(t),
+        paired(noise),
+    )
+    model_w, model_l = model_err.chunk(2)
+    ref_w, ref_l = ref_err.chunk(2)
+    return model_w, model_l, ref_w, ref_l

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from alignkit.algorithms.errors import denoising_errors, paired
+from alignkit.algorithms.errors import pair_errors
 from alignkit.algorithms.registry import ALGORITHMS
 from alignkit.algorithms.rpo_embeddings import EMBEDDINGS, PairEmbeddings, clip_identity
 from alignkit.config import AlgoConfig, asset_path
@@ -92,16 +92,7 @@ class DiffusionRPO:
         size = len(batch)
         t = self.backbone.sample_timesteps(1, generator).expand(size)
         noise = torch.randn(batch.latents_w.shape, generator=generator, dtype=torch.float32)
-        model_err, ref_err = denoising_errors(
-            self.backbone,
-            torch.cat([batch.latents_w, batch.latents_l]),
-            {k: paired(v) for k, v in batch.text.items()},
-            paired(batch.micro_cond),
-            paired(t),
-            paired(noise),
-        )
-        model_w, model_l = model_err.chunk(2)
-        ref_w, ref_l = ref_err.chunk(2)
+        model_w, model_l, ref_w, ref_l = pair_errors(self.backbone, batch, t, noise)
         emb_w, emb_l = (e.to(model_w.device) for e in self.embeddings(batch))
         cfg = self.cfg
         loss = rpo_loss(
