@@ -11,7 +11,8 @@ from diffusers import StableDiffusionPipeline
 
 from alignkit.app import run
 from alignkit.config import asset_path
-from alignkit.tinyworld import fidelity_ok, heldout_prompts
+from alignkit.rewards import build_reward
+from alignkit.tinyworld import fidelity_ok, heldout_prompts, render
 from tests.helpers import compose_config
 
 
@@ -83,3 +84,14 @@ def test_a_two_run_sweep_and_its_report(tmp_path):
     assert "algo=dpo (n=1)" in table and "algo=sft (n=1)" in table
     assert "oracle win rate" in table
     assert len(list((sweep / "report").glob("grid_*.png"))) == 2
+
+
+def test_the_shipped_clip_scores_a_render_highest_with_its_own_colour_and_background():
+    clip = build_reward("tiny_clip")
+    prompts = heldout_prompts()
+    images = torch.stack(
+        [torch.from_numpy(render(prompt, seed=5_000_000 + i)) for i, prompt in enumerate(prompts)]
+    )
+    images = images.permute(0, 3, 1, 2).float() / 255
+    scores = torch.stack([clip(images, [prompt] * len(prompts)) for prompt in prompts], dim=1)
+    assert (scores.argmax(dim=1) == torch.arange(len(prompts))).float().mean() >= 0.9
