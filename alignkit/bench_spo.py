@@ -55,8 +55,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.model == "tiny_random":
         cfg = ModelConfig(name="tiny_sd", family="sd", init="random", resolution=32)
     else:
+        from alignkit.spm import native_resolution
+
         path = asset_path("base_model") if args.model == "tiny" else args.model
-        cfg = ModelConfig(name="bench", family="sd", path=path, resolution=64)
+        cfg = ModelConfig(name="bench", family="sd", path=path, resolution=native_resolution(path))
     backbone = build_backbone(cfg, device)
     backbone.unet.eval()
     spm = tiny_random_spm() if args.spm == "tiny_random" else load_spm(args.spm)

@@ -267,6 +267,14 @@ def train_spm(
     return losses
 
 
+def native_resolution(model_path: str | Path) -> int:
+    """The pixel size a diffusers folder was trained at: UNet sample size x VAE factor."""
+    folder = Path(model_path)
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    vae = json.loads((folder / "vae" / "config.json").read_text())
+    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+
+
 def _default_clip() -> Path:
     pickscore = Path(asset_path("pickscore"))
     return pickscore if pickscore.is_dir() else Path(asset_path("clip"))
@@ -277,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--out", required=True)
     parser.add_argument("--model-path", default=None, help="default: the tiny world's model")
     parser.add_argument("--family", default="sd")
-    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--resolution", type=int, default=None, help="default: the model's")
     parser.add_argument("--pairs", default=None, help="default: the tiny world's pairs")
     parser.add_argument("--clip", default=None, help="ClipModel folder; default: tiny pickscore")
     parser.add_argument("--steps", type=int, default=400)
@@ -294,11 +302,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     torch.manual_seed(args.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    model_path = args.model_path or asset_path("base_model")
+    args.resolution = args.resolution or native_resolution(model_path)
     model_cfg = ModelConfig(
-        name="spm_base",
-        family=args.family,
-        path=args.model_path or asset_path("base_model"),
-        resolution=args.resolution,
+        name="spm_base", family=args.family, path=model_path, resolution=args.resolution
     )
     backbone = build_backbone(model_cfg, device)
     backbone.unet.eval()

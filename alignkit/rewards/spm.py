@@ -33,7 +33,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alignkit.config import asset_path
-from alignkit.rewards.clip import ClipModel, _centre_crop, _check_images, _shortest_side_size
+from alignkit.rewards.clip import ClipModel
+from alignkit.rewards.preprocess import centre_crop_or_pad, check_images, shortest_side_size
 
 FREQUENCY_DIM = 256
 SPM_WEIGHTS_FILE = "spm_adapter.safetensors"
@@ -189,14 +190,14 @@ class StepAwarePreferenceModel(nn.Module):
         preprocessing (bicubic without antialiasing)."""
         if self.tower == "open_clip":
             return self.model.preprocess(images)
-        _check_images(images)
+        check_images(images)
         height, width = images.shape[-2:]
-        size = _shortest_side_size(height, width, self.image_size)
+        size = shortest_side_size(height, width, self.image_size)
         if size != (height, width):
             images = F.interpolate(
                 images.float(), size=size, mode=self.interpolation, align_corners=False
             )
-        images = _centre_crop(images, self.image_size, self.image_size)
+        images = centre_crop_or_pad(images, self.image_size, self.image_size)
         return (images - self.mean) / self.std
 
     def image_features(self, images: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
