@@ -2,10 +2,11 @@
 
     python -m alignkit.report <multirun folder> [--out DIR]
 
-Runs are grouped by their command-line overrides without the seed (so ``-m algo=dpo,sft
-seed=0,1,2`` gives two groups of three); each group shows the mean and standard deviation over
-its seeds of the final training metrics, every evaluation reward and win rate, training time
-and peak memory. Nothing here knows an algorithm by name: a new one appears by itself.
+Runs are grouped by the command-line overrides that differ between them, the seed aside (so
+``-m algo=dpo,sft seed=0,1,2 trainer.lr=1e-4`` gives two groups of three, algo=dpo and
+algo=sft); each group shows the mean and standard deviation over its seeds of the final
+training metrics, every evaluation reward and win rate, training time and peak memory.
+Nothing here knows an algorithm by name: a new one appears by itself.
 """
 
 from __future__ import annotations
@@ -33,10 +34,16 @@ class RunRecord:
     summary: dict | None = None
 
 
-def _group_name(folder: Path) -> str:
+def _overrides(folder: Path) -> list[str]:
+    """The run's command-line overrides, without the seed and the output folder."""
     overrides_file = folder / ".hydra" / "overrides.yaml"
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.exists() else []
-    kept = [o for o in overrides or [] if not o.startswith(("seed=", "output_dir="))]
+    return [o for o in overrides or [] if not o.startswith(("seed=", "output_dir="))]
+
+
+def _group_name(overrides: list[str], shared: set[str], folder: Path) -> str:
+    """The overrides that tell this run's group apart (those all runs share say nothing)."""
+    kept = [o for o in overrides if o not in shared]
     if kept:
         return " ".join(sorted(kept))
     config = yaml.safe_load((folder / ".hydra" / "config.yaml").read_text())
@@ -49,9 +56,11 @@ def _read_json(path: Path) -> dict | None:
 
 def find_runs(root: Path) -> list[RunRecord]:
     """Every run folder under ``root`` (a folder holding ``.hydra/config.yaml``)."""
+    folders = [config.parent.parent for config in sorted(root.rglob(".hydra/config.yaml"))]
+    overrides = {folder: _overrides(folder) for folder in folders}
+    shared = set.intersection(*(set(o) for o in overrides.values())) if len(folders) > 1 else set()
     runs = []
-    for config in sorted(root.rglob(".hydra/config.yaml")):
-        folder = config.parent.parent
+    for folder in folders:
         metrics_file = folder / "metrics.jsonl"
         metrics = (
             [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
@@ -61,7 +70,7 @@ def find_runs(root: Path) -> list[RunRecord]:
         runs.append(
             RunRecord(
                 folder,
-                _group_name(folder),
+                _group_name(overrides[folder], shared, folder),
                 metrics,
                 _read_json(folder / "eval.json"),
                 _read_json(folder / "summary.json"),

@@ -1,4 +1,5 @@
-"""Build the tiny world's pretrained text-to-image model (deterministic, CPU, ~45 minutes).
+"""Build the tiny world's pretrained text-to-image model (deterministic, CPU, ~45 minutes; see
+docs/tiny_world.md for what it reaches so far).
 
     python experiments/tiny_world/build.py [--out alignkit/tinyworld/assets/base_model] [--work DIR]
 
