@@ -6,16 +6,14 @@ import json
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 
 from alignkit.algorithms import build_algorithm, needs_reward
 from alignkit.algorithms.drtune import DRTuneConfig, make_plan, reward_loss
 from alignkit.app import run
-from alignkit.config import register_configs
 from alignkit.data.prompts import PromptBatch
 from alignkit.rewards import build_reward
 from alignkit.rollout import SCHEMES
+from tests.helpers import compose_config
 from tests.model_helpers import PROMPTS, tiny_backbone
 
 
@@ -81,25 +79,19 @@ def test_every_scheme_gives_a_finite_loss_with_gradients(backbone, scheme):
 
 
 def test_drtune_run_end_to_end(tmp_path):
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="alignkit.conf", version_base=None):
-        cfg = compose(
-            "config",
-            overrides=[
-                "algo=drtune",
-                "model=tiny_sd",
-                "data=tiny_prompts",
-                "reward=combo",
-                "reward.weights={symmetry:1.0,left_bright:0.5}",
-                "algo.steps=3",
-                "trainer.max_steps=2",
-                "trainer.batch_size=2",
-                "trainer.progress_bar=false",
-                "eval.enabled=false",
-                f"output_dir={tmp_path}",
-            ],
-        )
+    cfg = compose_config(
+        "algo=drtune",
+        "model=tiny_sd",
+        "data=tiny_prompts",
+        "reward=combo",
+        "reward.weights={symmetry:1.0,left_bright:0.5}",
+        "algo.steps=3",
+        "trainer.max_steps=2",
+        "trainer.batch_size=2",
+        "trainer.progress_bar=false",
+        "eval.enabled=false",
+        f"output_dir={tmp_path}",
+    )
     result = run(cfg)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2]

@@ -2,16 +2,15 @@ import math
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 
 from alignkit.algorithms import build_algorithm
 from alignkit.algorithms.rpo import RPOConfig
 from alignkit.algorithms.rpo_embeddings import combine
 from alignkit.app import run
-from alignkit.config import DataConfig, register_configs
+from alignkit.config import DataConfig
 from alignkit.data import build_pair_batches
 from alignkit.rewards.clip import ClipModel
+from tests.helpers import compose_config
 from tests.model_helpers import SyntheticPairs, tiny_backbone
 
 TINY_CLIP = {
@@ -135,23 +134,17 @@ def test_rpo_rejects_bad_settings_and_a_missing_clip(clip_folder, tmp_path):
 
 def test_a_run_embeds_the_cached_dataset_before_training(tmp_path, clip_folder, pair_folder):
     """``python -m alignkit algo=rpo``: the app calls ``prepare``; the table sits in the cache."""
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="alignkit.conf", version_base=None):
-        cfg = compose(
-            "config",
-            overrides=[
-                "model=tiny_sd",
-                "algo=rpo",
-                f"algo.clip_path={clip_folder}",
-                "data=pairs",
-                f"data.path={pair_folder}",
-                f"data.cache_dir={tmp_path / 'cache'}",
-                "trainer.max_steps=1",
-                "trainer.batch_size=3",
-                "trainer.progress_bar=false",
-                f"output_dir={tmp_path / 'run'}",
-            ],
-        )
+    cfg = compose_config(
+        "model=tiny_sd",
+        "algo=rpo",
+        f"algo.clip_path={clip_folder}",
+        "data=pairs",
+        f"data.path={pair_folder}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "trainer.max_steps=1",
+        "trainer.batch_size=3",
+        "trainer.progress_bar=false",
+        f"output_dir={tmp_path / 'run'}",
+    )
     assert run(cfg).train.step == 1
     assert len(list((tmp_path / "cache").glob("*/clip-*.safetensors"))) == 1
