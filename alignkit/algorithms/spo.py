@@ -14,6 +14,7 @@ draws, never the reproducibility).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -30,14 +31,9 @@ TINY_RANDOM_SPM = "tiny_random"
 
 
 @dataclass
-class SPOConfig(AlgoConfig):
-    k: int = 4
-    threshold: float = 0.3
-    steps: int = 20
-    guidance: float = 5.0
-    eta: float = 1.0
-    divert_start_step: int = 4
-    num_inner_steps: int = 1
+class SPOConfig(PoolConfig, AlgoConfig):
+    """The pool sampler's settings (``PoolConfig``) plus the objective's and the SPM's."""
+
     beta: float = 10.0
     eps: float = 0.1
     train_batch_size: int = 10
@@ -72,15 +68,7 @@ class StepAwarePreferenceOptimization:
             raise ValueError(f"algo.train_batch_size={cfg.train_batch_size} must be at least 1")
         self.cfg = cfg
         self.backbone = backbone
-        pool = PoolConfig(
-            k=cfg.k,
-            threshold=cfg.threshold,
-            steps=cfg.steps,
-            guidance=cfg.guidance,
-            eta=cfg.eta,
-            divert_start_step=cfg.divert_start_step,
-            num_inner_steps=cfg.num_inner_steps,
-        )
+        pool = PoolConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(PoolConfig)})
         pool.validate()
         if cfg.eta <= 0:
             raise ValueError(f"algo.eta={cfg.eta}: SPO's step log-probabilities need eta > 0")
