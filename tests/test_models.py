@@ -151,6 +151,13 @@ def test_missing_local_model_path_is_a_clear_error(tmp_path):
         build_backbone(ModelConfig(name="sd15", path=str(tmp_path / "empty")))
 
 
+def test_a_missing_tiny_world_model_says_how_to_build_it(tmp_path, monkeypatch):
+    missing = str(tmp_path / "assets" / "base_model")
+    monkeypatch.setattr("alignkit.models.loading.asset_path", lambda name: missing)
+    with pytest.raises(ModelLoadError, match="experiments/tiny_world/build.py"):
+        build_backbone(ModelConfig(name="tiny", path=missing))
+
+
 def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="offline"):

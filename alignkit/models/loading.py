@@ -8,6 +8,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
+from alignkit.config import asset_path
 from alignkit.models.components import Components
 
 
@@ -27,6 +28,12 @@ def _check_path(path: str | None) -> str:
             "or a local diffusers folder, or use model=tiny_sd / model=tiny_sdxl"
         )
     expanded = os.path.expanduser(path)
+    if expanded == asset_path("base_model") and not os.path.isdir(expanded):
+        raise ModelLoadError(
+            "model=tiny: the tiny world's pretrained model is not shipped yet "
+            "(docs/tiny_world.md); "
+            "build it with `python experiments/tiny_world/build.py`, or use model=tiny_sd"
+        )
     if _looks_like_local_path(path) and not os.path.isdir(expanded):
         raise ModelLoadError(
             f"model.path={path!r} looks like a local path but no such folder exists; "
