@@ -1,9 +1,10 @@
-"""Build the tiny world's pretrained text-to-image model (deterministic, CPU, ~45 minutes; see
+"""Build the tiny world's pretrained text-to-image model (deterministic, CPU, ~90 minutes; see
 docs/tiny_world.md for what it reaches so far).
 
     python experiments/tiny_world/build.py [--out alignkit/tinyworld/assets/base_model] [--work DIR]
 
-Stages, each cached in ``--work`` so an interrupted build resumes where it stopped:
+Stages, each cached in ``--work`` so an interrupted build resumes where it stopped (the UNet
+stage also saves its progress every ``--save-every`` steps and goes on from there):
 1. render the training set from the renderer (train prompts x seeds, 64x64 RGB), which the
    model sees at 32x32 (2x2 average): the VAE then needs one downsampling stage, which a CPU
    trains in minutes, and the latents stay 16x16x4 (the judge upsamples what it scores);
@@ -167,8 +168,56 @@ def make_scheduler() -> DDPMScheduler:
     )
 
 
+def save_progress(
+    path: Path,
+    step: int,
+    params: list[torch.nn.Parameter],
+    ema: list[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> None:
+    """Everything the UNet stage needs to go on from ``step`` exactly, written atomically."""
+    tensors = {"step": torch.tensor(step), "generator": generator.get_state()}
+    for index, (parameter, shadow) in enumerate(zip(params, ema)):
+        tensors[f"param.{index}"] = parameter.detach()
+        tensors[f"ema.{index}"] = shadow
+        for key, value in optimizer.state.get(parameter, {}).items():
+            tensors[f"adam.{index}.{key}"] = value
+    scratch = path.with_suffix(".partial")
+    save_file({key: value.contiguous() for key, value in tensors.items()}, scratch)
+    scratch.replace(path)
+
+
+def load_progress(
+    path: Path,
+    params: list[torch.nn.Parameter],
+    ema: list[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+) -> int:
+    """Restore what ``save_progress`` wrote; the step to go on from (0 without a file)."""
+    if not path.exists():
+        return 0
+    tensors = load_file(path)
+    with torch.no_grad():
+        for index, (parameter, shadow) in enumerate(zip(params, ema)):
+            parameter.copy_(tensors[f"param.{index}"])
+            shadow.copy_(tensors[f"ema.{index}"])
+            prefix = f"adam.{index}."
+            state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if state:
+                optimizer.state[parameter] = state
+    generator.set_state(tensors["generator"])
+    return int(tensors["step"])
+
+
 def train_denoiser(
-    work: Path, latents: torch.Tensor, prompts: list[str], steps: int, seed: int
+    work: Path,
+    latents: torch.Tensor,
+    prompts: list[str],
+    steps: int,
+    seed: int,
+    save_every: int,
 ) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     unet, text_encoder = make_unet(), make_text_encoder()
     cache = work / "denoiser.safetensors"
@@ -191,7 +240,9 @@ def train_denoiser(
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=3e-4, weight_decay=1e-2)
     ema = [p.detach().clone() for p in params]
-    bar = tqdm(range(steps), desc="unet")
+    progress = work / f"denoiser_progress_{steps}.safetensors"
+    start = load_progress(progress, params, ema, optimizer, generator)
+    bar = tqdm(range(start, steps), desc="unet", initial=start, total=steps)
     for step in bar:
         rows = torch.randint(0, len(latents), (32,), generator=generator)
         x0 = latents[rows]
@@ -215,12 +266,15 @@ def train_denoiser(
             for shadow, p in zip(ema, params):
                 shadow.lerp_(p, 1 - decay)
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if (step + 1) % save_every == 0 and step + 1 < steps:
+            save_progress(progress, step + 1, params, ema, optimizer, generator)
     with torch.no_grad():
         for shadow, p in zip(ema, params):
             p.copy_(shadow)
     state = {f"unet.{k}": v for k, v in unet.state_dict().items()}
     state.update({f"text.{k}": v for k, v in text_encoder.state_dict().items()})
     save_file({k: v.contiguous() for k, v in state.items()}, cache)
+    progress.unlink(missing_ok=True)
     return unet, text_encoder
 
 
@@ -302,7 +356,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path.home() / ".cache/alignkit/tiny_build")
     parser.add_argument("--per-prompt", type=int, default=128)
     parser.add_argument("--vae-steps", type=int, default=1000)
-    parser.add_argument("--unet-steps", type=int, default=1800)
+    parser.add_argument("--unet-steps", type=int, default=6000)
+    parser.add_argument("--save-every", type=int, default=200, help="UNet steps between saves")
     parser.add_argument("--pairs-out", type=Path, default=Path("alignkit/tinyworld/assets/pairs"))
     parser.add_argument("--pairs-per-prompt", type=int, default=8)
     parser.add_argument("--guidance", type=float, default=3.0)
@@ -319,7 +374,12 @@ def main() -> None:
     vae.register_to_config(scaling_factor=float(1 / latents.std()))
     log(f"latents {tuple(latents.shape)}, scaling factor {vae.config.scaling_factor:.4f}")
     unet, text_encoder = train_denoiser(
-        args.work, latents * vae.config.scaling_factor, prompts, args.unet_steps, args.seed
+        args.work,
+        latents * vae.config.scaling_factor,
+        prompts,
+        args.unet_steps,
+        args.seed,
+        args.save_every,
     )
     pipeline = save_pipeline(args.out, vae, unet, text_encoder)
     log(f"saved {args.out}; sampling held-out prompts")
