@@ -107,8 +107,11 @@ def read_pairs(folder: str | Path, resolution: int, max_rows: int | None = None)
     missing = {"caption", "jpg_0", "jpg_1", "label_0", "label_1"} - set(df.columns)
     if missing:
         raise ValueError(f"{folder} lacks the Pick-a-Pic columns {sorted(missing)}")
-    if max_rows is not None:
-        df = df.iloc[:max_rows]
+    return pairs_from_table(df if max_rows is None else df.iloc[:max_rows], resolution)
+
+
+def pairs_from_table(df: pd.DataFrame, resolution: int) -> PairTensors:
+    """A Pick-a-Pic-schema table decoded once into tensors at ``resolution``."""
     return PairTensors(
         torch.stack([_decode(b, resolution) for b in df["jpg_0"]]),
         torch.stack([_decode(b, resolution) for b in df["jpg_1"]]),

@@ -13,15 +13,12 @@ samples for the HELD-OUT prompts, next to the untrained CLIP's accuracy on the s
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-from PIL import Image
 from train_clip import world_token_ids  # this folder's script: run as a script, not -m
 
 from alignkit.config import ModelConfig, asset_path
@@ -29,53 +26,28 @@ from alignkit.models import build_backbone
 from alignkit.rewards.clip import ClipModel
 from alignkit.rewards.preference import preference_loss
 from alignkit.sampling import generate_images
+from alignkit.spm import PairTensors, pairs_from_table, read_pairs
 from alignkit.tinyworld import heldout_prompts, pairs_from_images
 
 VALIDATION_EVERY = 10  # our choice: every tenth row is held back
+RESOLUTION = 32  # the tiny world model's (experiments/tiny_world/build.py)
 
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def decode(jpgs: pd.Series) -> torch.Tensor:
-    """JPEG bytes -> float ``[N, 3, H, W]`` in [0, 1]."""
-    arrays = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in jpgs]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
-
-
-def read_pairs(folder: Path) -> pd.DataFrame:
-    files = sorted(folder.rglob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no parquet files under {folder}; run the tiny-world build")
-    return pd.concat([pd.read_parquet(file) for file in files], ignore_index=True)
-
-
-class PairTensors:
-    """A pair table decoded once: images, labels and captions as tensors and a list."""
-
-    def __init__(self, table: pd.DataFrame) -> None:
-        self.images_0 = decode(table["jpg_0"])
-        self.images_1 = decode(table["jpg_1"])
-        self.labels_0 = torch.tensor(table["label_0"].to_numpy(), dtype=torch.float32)
-        self.labels_1 = torch.tensor(table["label_1"].to_numpy(), dtype=torch.float32)
-        self.captions = list(table["caption"])
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-
 @torch.no_grad()
 def pairwise_accuracy(clip: ClipModel, pairs: PairTensors, chunk: int = 256) -> dict:
     """How often the higher score is the judge's winner, over the pairs that are not ties."""
-    decided = (pairs.labels_0 != pairs.labels_1).nonzero().flatten().tolist()
+    decided = (pairs.label_0 != pairs.label_1).nonzero().flatten().tolist()
     hits = []
     for start in range(0, len(decided), chunk):
         rows = decided[start : start + chunk]
-        captions = [pairs.captions[row] for row in rows]
+        captions = [pairs.prompts[row] for row in rows]
         scores_0 = clip.score(pairs.images_0[rows], captions)
         scores_1 = clip.score(pairs.images_1[rows], captions)
-        hits.append((scores_0 > scores_1) == (pairs.labels_0[rows] > pairs.labels_1[rows]))
+        hits.append((scores_0 > scores_1) == (pairs.label_0[rows] > pairs.label_1[rows]))
     accuracy = torch.cat(hits).float().mean().item() if hits else float("nan")
     return {"pairs": len(decided), "accuracy": round(accuracy, 4)}
 
@@ -83,7 +55,7 @@ def pairwise_accuracy(clip: ClipModel, pairs: PairTensors, chunk: int = 256) -> 
 def sample_heldout_pairs(per_prompt: int, seed: int) -> PairTensors:
     """Two base-model samples per held-out prompt and slot, judged as the training pairs are."""
     model_cfg = ModelConfig(
-        name="tiny", init="pretrained", path=asset_path("base_model"), resolution=32
+        name="tiny", init="pretrained", path=asset_path("base_model"), resolution=RESOLUTION
     )
     backbone = build_backbone(model_cfg)
     prompts = [prompt for prompt in heldout_prompts() for _ in range(per_prompt)]
@@ -94,7 +66,9 @@ def sample_heldout_pairs(per_prompt: int, seed: int) -> PairTensors:
     def to_uint8(images: torch.Tensor) -> np.ndarray:
         return (images * 255).round().byte().permute(0, 2, 3, 1).numpy()
 
-    return PairTensors(pairs_from_images(prompts, to_uint8(first), to_uint8(second)))
+    return pairs_from_table(
+        pairs_from_images(prompts, to_uint8(first), to_uint8(second)), RESOLUTION
+    )
 
 
 def train(clip: ClipModel, pairs: PairTensors, args: argparse.Namespace) -> list[float]:
@@ -111,12 +85,12 @@ def train(clip: ClipModel, pairs: PairTensors, args: argparse.Namespace) -> list
     losses = []
     for step in range(args.steps):
         rows = torch.randint(0, len(pairs), (args.batch_size,), generator=generator).tolist()
-        captions = [pairs.captions[row] for row in rows]
+        captions = [pairs.prompts[row] for row in rows]
         loss = preference_loss(
             clip.score(pairs.images_0[rows], captions),
             clip.score(pairs.images_1[rows], captions),
-            pairs.labels_0[rows],
-            pairs.labels_1[rows],
+            pairs.label_0[rows],
+            pairs.label_1[rows],
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -148,9 +122,10 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    table = read_pairs(args.pairs)
-    held_back = np.arange(len(table)) % VALIDATION_EVERY == 0
-    train_pairs, validation = PairTensors(table[~held_back]), PairTensors(table[held_back])
+    pairs = read_pairs(args.pairs, RESOLUTION)
+    held_back = torch.arange(len(pairs)) % VALIDATION_EVERY == 0
+    train_pairs = pairs.select((~held_back).nonzero().flatten())
+    validation = pairs.select(held_back.nonzero().flatten())
     heldout = sample_heldout_pairs(args.heldout_per_prompt, seed=3_000_000)
     clip = ClipModel.from_folder(args.init).float()
     before = {
