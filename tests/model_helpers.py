@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from accelerate import Accelerator
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from alignkit.algorithms import build_algorithm
 from alignkit.algorithms.dpo import DPOConfig
@@ -11,6 +12,7 @@ from alignkit.config import ModelConfig, TrainerConfig
 from alignkit.data.batch import PairBatch
 from alignkit.models import Backbone, build_backbone
 from alignkit.models.text import default_micro_cond
+from alignkit.sampling import initial_noise
 from alignkit.trainer import Trainer
 
 PROMPTS = ["a red circle", "a blue square", "a green triangle", "a white star"]
@@ -62,3 +64,28 @@ def tiny_trainer(
         seed,
         config,
     )
+
+
+def diffusers_ddim_latents(
+    backbone: Backbone, prompts: list[str], seeds: list[int], steps: int, guidance: float
+) -> torch.Tensor:
+    """The reference: diffusers' own DDIM pipeline on the backbone's modules (32 px, SD)."""
+    pipeline = StableDiffusionPipeline(
+        unet=backbone.unet,
+        vae=backbone.vae,
+        text_encoder=backbone.text_encoders[0],
+        tokenizer=backbone.tokenizers[0],
+        scheduler=DDIMScheduler.from_config(backbone.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return pipeline(
+        prompts,
+        height=32,
+        width=32,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        latents=initial_noise(seeds, (4, 8, 8)),
+        output_type="latent",
+    ).images

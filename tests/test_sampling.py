@@ -1,33 +1,14 @@
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from alignkit.sampling import ddim_sigma, initial_noise, sample_latents, split_prediction
-from tests.model_helpers import tiny_backbone
+from alignkit.sampling import ddim_sigma, sample_latents, split_prediction
+from tests.model_helpers import diffusers_ddim_latents, tiny_backbone
 
 
 def test_ddim_sampler_matches_diffusers_ddim_pipeline():
     backbone = tiny_backbone()
     prompts, seeds = ["a red circle", "a blue square"], [3, 4]
     ours = sample_latents(backbone, prompts, seeds, steps=5, guidance=4.0)
-    pipeline = StableDiffusionPipeline(
-        unet=backbone.unet,
-        vae=backbone.vae,
-        text_encoder=backbone.text_encoders[0],
-        tokenizer=backbone.tokenizers[0],
-        scheduler=DDIMScheduler.from_config(backbone.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    theirs = pipeline(
-        prompts,
-        height=32,
-        width=32,
-        num_inference_steps=5,
-        guidance_scale=4.0,
-        latents=initial_noise(seeds, (4, 8, 8)),
-        output_type="latent",
-    ).images
+    theirs = diffusers_ddim_latents(backbone, prompts, seeds, steps=5, guidance=4.0)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
 
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler
 
 from alignkit.losses import spo_loss
 from alignkit.pool_sampler import (
@@ -23,31 +23,9 @@ from alignkit.sampling import (
     initial_noise,
     sample_with_log_probs,
 )
-from tests.model_helpers import tiny_backbone
+from tests.model_helpers import diffusers_ddim_latents, tiny_backbone
 
 PROMPTS = ["a red circle", "a blue square"]
-
-
-def _diffusers_latents(backbone, prompts, seeds, steps, guidance):
-    pipeline = StableDiffusionPipeline(
-        unet=backbone.unet,
-        vae=backbone.vae,
-        text_encoder=backbone.text_encoders[0],
-        tokenizer=backbone.tokenizers[0],
-        scheduler=DDIMScheduler.from_config(backbone.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    return pipeline(
-        prompts,
-        height=32,
-        width=32,
-        num_inference_steps=steps,
-        guidance_scale=guidance,
-        latents=initial_noise(seeds, (4, 8, 8)),
-        output_type="latent",
-    ).images
 
 
 def _pool_backbone(family: str = "sd"):
@@ -132,7 +110,7 @@ def test_stochastic_step_matches_diffusers_ddim_scheduler_step():
 def test_log_prob_sampler_and_pool_sampler_match_diffusers_at_eta_zero():
     backbone = tiny_backbone()
     seeds = [3, 4]
-    theirs = _diffusers_latents(backbone, PROMPTS, seeds, steps=5, guidance=4.0)
+    theirs = diffusers_ddim_latents(backbone, PROMPTS, seeds, steps=5, guidance=4.0)
     trajectory = sample_with_log_probs(
         backbone, PROMPTS, seeds, torch.Generator(), steps=5, guidance=4.0, eta=0.0
     )
