@@ -18,8 +18,11 @@ open_clip is imported where a model is built, not at module level: every reward 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +134,9 @@ class ClipModel(nn.Module):
             (Path(scratch) / CONFIG_FILE).write_text(json.dumps(config))
             if weights is not None:
                 (Path(scratch) / WEIGHTS_FILE).symlink_to(weights.resolve())
-            model = open_clip.create_model(f"local-dir:{scratch}")
-            tokenizer = open_clip.get_tokenizer(f"local-dir:{scratch}")
+            with _quiet_root_logger():
+                model = open_clip.create_model(f"local-dir:{scratch}")
+                tokenizer = open_clip.get_tokenizer(f"local-dir:{scratch}")
         return cls(model, tokenizer, config)
 
     def save(self, folder: str | Path, token_ids: list[int] | None = None) -> Path:
@@ -278,3 +282,15 @@ def clip_score(
 ) -> CLIPScoreReward:
     """CLIPScore with any open_clip model (the paper's: ViT-B-32 with OpenAI's weights)."""
     return CLIPScoreReward(load_clip("reward=clipscore", path, model_name, checkpoint))
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """open_clip logs through the root logger; under Hydra its "no pretrained weights loaded,
+    initialized randomly" would show on every run, although the weights load right after."""
+    level = logging.root.level
+    logging.root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.root.setLevel(level)

@@ -48,8 +48,8 @@ def pairwise_accuracy(clip: ClipModel, pairs: PairTensors, chunk: int = 256) -> 
         scores_0 = clip.score(pairs.images_0[rows], captions)
         scores_1 = clip.score(pairs.images_1[rows], captions)
         hits.append((scores_0 > scores_1) == (pairs.label_0[rows] > pairs.label_1[rows]))
-    accuracy = torch.cat(hits).float().mean().item() if hits else float("nan")
-    return {"pairs": len(decided), "accuracy": round(accuracy, 4)}
+    accuracy = round(torch.cat(hits).float().mean().item(), 4) if hits else None
+    return {"pairs": len(decided), "accuracy": accuracy}
 
 
 def sample_heldout_pairs(per_prompt: int, seed: int) -> PairTensors:
