@@ -102,7 +102,7 @@ class EvalConfig:
     seeds_per_prompt: int = 4
     steps: int = 20
     guidance: float = 3.0
-    rewards: list[str] = field(default_factory=lambda: ["oracle", "tiny_clip"])
+    rewards: list[str] = field(default_factory=lambda: ["oracle", "tiny_clip", "tiny_pickscore"])
     grid_prompts: int = 6
     grid_seeds: int = 3
     batch_size: int = 32

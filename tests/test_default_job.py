@@ -13,12 +13,42 @@ from alignkit.tinyworld import heldout_prompts, render
 from tests.helpers import FakeEncoder, compose_config
 
 
-def test_the_default_job_trains_on_the_shipped_judged_pairs():
+def test_the_default_job_is_dpo_on_the_tiny_worlds_model_and_pairs():
     cfg = compose_config()
-    assert (cfg.model.name, cfg.data.name, cfg.algo.name) == ("tiny_sd", "tiny_render_pairs", "dpo")
+    assert (cfg.model.name, cfg.data.name, cfg.algo.name) == ("tiny", "tiny_pairs", "dpo")
+    assert cfg.model.path == asset_path("base_model") and cfg.data.path == asset_path("pairs")
+    batches = build_batches(cfg.data, FakeEncoder(), resolution=32, batch_size=8, seed=0)
+    assert batches.num_pairs >= 100  # 616 shipped pairs less 465 ties today (docs/tiny_world.md)
+
+
+def test_the_shipped_renderer_pairs_load():
+    cfg = compose_config("data=tiny_render_pairs")
     assert cfg.data.path == asset_path("render_pairs")
     batches = build_batches(cfg.data, FakeEncoder(), resolution=32, batch_size=8, seed=0)
     assert batches.num_pairs >= 250  # 308 shipped pairs, about one in nine a tie
+
+
+def test_the_default_command_prints_the_table_and_writes_the_grid(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alignkit",
+            f"output_dir={tmp_path}",
+            "trainer.max_steps=2",
+            "trainer.progress_bar=false",
+            "eval.seeds_per_prompt=1",
+            "eval.steps=2",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| oracle |" in result.stdout and "| tiny_pickscore |" in result.stdout
+    assert f"image grid (base | aligned, same seeds): {tmp_path / 'eval_grid.png'}" in result.stdout
+    assert (tmp_path / "eval_grid.png").is_file()
+    evaluation = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluation["samples"] == len(heldout_prompts())
 
 
 def test_the_shipped_clip_scores_a_render_highest_with_its_own_colour_and_background():
