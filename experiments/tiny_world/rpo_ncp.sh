@@ -11,10 +11,15 @@ for algo in rpo ncp_dpo ncp_cpo ncp_sft; do
   "$python" -m alignkit "experiment=tiny_$algo" "output_dir=$out/$algo" "$@"
 done
 for algo in rpo ncp_dpo ncp_cpo ncp_sft; do
-  "$python" -c 'import json, sys
-e = json.load(open(sys.argv[2]))["rewards"]["oracle"]
-w = e["win_rate"]
-print(f"{sys.argv[1]:8s} judge base {e[\"base\"]:.4f} aligned {e[\"aligned\"]:.4f} "
-      f"win rate {w[\"rate\"]:.1%} ({w[\"ci_low\"]:.1%}-{w[\"ci_high\"]:.1%}, n={w[\"n\"]})")' \
-    "$algo" "$out/$algo/eval.json"
+  "$python" - "$algo" "$out/$algo/eval.json" <<'PY'
+import json
+import sys
+
+judge = json.load(open(sys.argv[2]))["rewards"]["oracle"]
+win = judge["win_rate"]
+print(
+    f"{sys.argv[1]:8s} judge base {judge['base']:.4f} aligned {judge['aligned']:.4f} "
+    f"win rate {win['rate']:.1%} ({win['ci_low']:.1%}-{win['ci_high']:.1%}, n={win['n']})"
+)
+PY
 done
