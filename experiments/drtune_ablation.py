@@ -4,8 +4,9 @@ DRTune's paper claims that for low-level rewards (symmetry, layout) training the
 sampling steps matters, and that shallow supervision (last-K truncation, ReFL) fails there.
 In miniature: each scheme trains the tiny world's model for the same number of optimizer
 steps, on the same prompts, with the same T and the same number K of UNet calls carrying
-gradients, on a pixel-level reward (default ``left_bright``: left half brighter than the
-right); then the standard evaluation scores base vs aligned on the held-out prompts.
+gradients, on a pixel-level reward (default ``symmetry``: left-right mirror symmetry; also
+``left_bright``: left half brighter than the right); then the standard evaluation scores base
+vs aligned on the held-out prompts. Measured results: ``experiments/drtune_ablation_report.md``.
 
     python experiments/drtune_ablation.py --out /tmp/ablation [--schemes drtune draft_k ...]
 
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--schemes", nargs="+", default=["drtune", "draft_k"])
-    parser.add_argument("--reward", default="left_bright")
+    parser.add_argument("--reward", default="symmetry")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--train-steps", type=int, default=2)
     parser.add_argument("--guidance", type=float, default=3.0)
