@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     renders = args.eval_renders_per_prompt
     report = {
         "command": "python experiments/tiny_world/train_clip.py",
-        "args": {key: str(value) for key, value in vars(args).items()},
+        "args": reportable_args(args),
         "model_cfg": MODEL_CFG,
         "parameters": sum(parameter.numel() for parameter in shipped.parameters()),
         "weights_bytes": (args.out / WEIGHTS_FILE).stat().st_size,
@@ -233,6 +233,19 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     log(f"held-out retrieval: {json.dumps(report['heldout'])}")
     log(f"wrote {args.out}")
+
+
+def reportable_args(args: argparse.Namespace) -> dict[str, str]:
+    """The arguments as strings, paths inside the working directory made relative to it, so
+    that a committed report names no folder of the machine that wrote it."""
+    cwd = Path.cwd().resolve()
+
+    def portable(value: object) -> str:
+        if isinstance(value, Path) and value.resolve().is_relative_to(cwd):
+            return str(value.resolve().relative_to(cwd))
+        return str(value)
+
+    return {key: portable(value) for key, value in vars(args).items()}
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from train_clip import world_token_ids  # this folder's script: run as a script, not -m
+from train_clip import (  # this folder's script: run as a script, not -m
+    reportable_args,
+    world_token_ids,
+)
 
 from alignkit.config import ModelConfig, asset_path
 from alignkit.models import build_backbone
@@ -139,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     shipped = ClipModel.from_folder(args.out).eval()  # evaluate what ships: fp16 weights
     report = {
         "command": "python experiments/tiny_world/train_pickscore.py",
-        "args": {key: str(value) for key, value in vars(args).items()},
+        "args": reportable_args(args),
         "train_seconds": round(time.time() - started, 1),
         "training_pairs": len(train_pairs),
         "loss_first_50": round(float(np.mean(losses[:50])), 4),
