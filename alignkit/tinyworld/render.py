@@ -49,9 +49,9 @@ def sample_variation(rng: np.random.Generator, size: int = IMAGE_SIZE) -> Variat
     """The base distribution, broad on purpose.
 
     Radius 15-42% of the side, centre anywhere that keeps 85% of the radius inside, tilted up
-    to 15 degrees either way; 60% of images have blurred edges (sigma 0.6-2.5 px, at most 0.2 radius) and 60%
-    a washed-out object (10-60% of the way to the background); colour jitter +-15 per
-    channel, background shift +-10, a brightness gradient up to 16 and noise sigma up to 3.
+    to 15 degrees either way; 60% of images have blurred edges (sigma 0.6-2.5 px, at most 0.2
+    radius) and 60% a washed-out object (10-60% of the way to the background); colour jitter
+    +-15 per channel, background shift +-10, a brightness gradient up to 16 and noise sigma up to 3.
     """
     radius = rng.uniform(MIN_RADIUS, 0.42) * size
     margin = 0.85 * radius

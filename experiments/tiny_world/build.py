@@ -1,4 +1,4 @@
-"""Build the tiny world's pretrained text-to-image model (deterministic, CPU, ~90 minutes; see
+"""Build the tiny world's pretrained text-to-image model (deterministic, CPU, ~110 minutes; see
 docs/tiny_world.md for what it reaches so far).
 
     python experiments/tiny_world/build.py [--out alignkit/tinyworld/assets/base_model] [--work DIR]
