@@ -116,6 +116,11 @@ def summarise(runs: list[RunRecord]) -> dict[str, dict[str, tuple[float, float, 
     }
 
 
+def _cell(mean: float, std: float, runs: int) -> str:
+    """``mean ± std``; a single run has no spread to show."""
+    return f"{mean:.4g} ± {std:.2g}" if runs > 1 else f"{mean:.4g}"
+
+
 def markdown_table(summary: dict[str, dict[str, tuple[float, float, int]]]) -> str:
     columns = sorted({column for values in summary.values() for column in values})
     lines = [
@@ -124,9 +129,7 @@ def markdown_table(summary: dict[str, dict[str, tuple[float, float, int]]]) -> s
     ]
     for group, values in sorted(summary.items()):
         runs = max(n for _, _, n in values.values())
-        cells = [
-            f"{values[c][0]:.4g} ± {values[c][1]:.2g}" if c in values else "–" for c in columns
-        ]
+        cells = [_cell(*values[c]) if c in values else "–" for c in columns]
         lines.append(f"| {group} (n={runs}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -79,3 +79,19 @@ def test_help_lists_the_groups_and_their_options():
     for group, options in GROUPS.items():
         assert f"{group}: {', '.join(options)}" in result.stdout
     assert "schema" not in result.stdout.split("== This config ==")[0]
+
+
+def test_tiny_presets_run_their_algorithm_on_the_tiny_world():
+    presets = [o for o in GROUPS["experiment"] if o.startswith("tiny_") or o.endswith("_tiny")]
+    assert len(presets) >= 8
+    for preset in presets:
+        cfg = compose_config(f"experiment={preset}")
+        algo = preset.removeprefix("tiny_").removesuffix("_tiny")
+        assert (cfg.model.name, cfg.algo.name) == ("tiny", algo)
+        assert cfg.data.kind == ("prompts" if algo in {"spo", "drtune"} else "pairs")
+
+
+def test_the_tiny_dpo_preset_is_the_default_job():
+    preset = compose_config("experiment=tiny_dpo")
+    default = compose_config("trainer.progress_bar=false")
+    assert OmegaConf.to_container(preset) == OmegaConf.to_container(default)

@@ -47,6 +47,8 @@ def test_report_writes_markdown_html_curves_and_grids(tmp_path, capsys):
     out = tmp_path / "report"
     table = (out / "report.md").read_text()
     assert "| algo=dpo (n=2) |" in table and "0.65 ± 0.071" in table
+    sft_row = next(line for line in table.splitlines() if line.startswith("| algo=sft (n=1) |"))
+    assert "| 8 |" in sft_row and "±" not in sft_row
     assert (out / "curve_loss.png").is_file()
     assert len(list(out.glob("grid_*.png"))) == 3
     page = (out / "report.html").read_text()
