@@ -9,9 +9,11 @@ gradients, on a pixel-level reward (default ``symmetry``: left-right mirror symm
 vs aligned on the held-out prompts. Measured results: ``experiments/drtune_ablation_report.md``.
 
     python experiments/drtune_ablation.py --out /tmp/ablation [--schemes drtune draft_k ...]
+        [--seeds 0 1 2]
 
-Each run is a plain ``python -m alignkit`` subprocess; the report (``report.md`` in --out)
-tabulates eval.json, the training time and the last logged training reward.
+Each run is a plain ``python -m alignkit`` subprocess (``<out>/seed<S>/<scheme>``); the report
+(``report.md`` in --out) gives each scheme's mean and spread over the training seeds, then
+every run: eval.json's rewards and win rates, and the training time.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 
-def run_scheme(scheme: str, args: argparse.Namespace) -> dict:
-    run_dir = Path(args.out) / scheme
+def run_scheme(scheme: str, seed: int, args: argparse.Namespace) -> dict:
+    run_dir = Path(args.out) / f"seed{seed}" / scheme
     command = [
         sys.executable,
         "-m",
@@ -47,7 +50,7 @@ def run_scheme(scheme: str, args: argparse.Namespace) -> dict:
         "eval.enabled=true",
         f"eval.rewards=[{args.reward},oracle]",
         f"eval.seeds_per_prompt={args.eval_seeds}",
-        f"seed={args.seed}",
+        f"seed={seed}",
         f"output_dir={run_dir}",
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -58,23 +61,59 @@ def run_scheme(scheme: str, args: argparse.Namespace) -> dict:
     return {"eval": evaluation, "summary": summary, "last_train_reward": rows[-1]["reward"]}
 
 
-def report(results: dict[str, dict], args: argparse.Namespace) -> str:
+def mean_std(values: list[float]) -> str:
+    """``mean ± std`` (population std: the seeds are all the runs there are)."""
+    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.4f} ± {spread:.4f}"
+
+
+def percent_mean_std(values: list[float]) -> str:
+    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.1%} ± {spread:.1%}"
+
+
+def report(results: dict[int, dict[str, dict]], args: argparse.Namespace) -> str:
+    seeds = list(results)
+    schemes = list(results[seeds[0]])
     lines = [
         f"# DRTune ablation: reward={args.reward}, T={args.steps}, K={args.train_steps}, "
-        f"{args.max_steps} steps x {args.batch_size} prompts, lr={args.lr}, seed={args.seed}",
+        f"{args.max_steps} steps x {args.batch_size} prompts, lr={args.lr}, "
+        f"seeds={','.join(map(str, seeds))}",
         "",
-        "| scheme | reward base | reward aligned | win rate (95% CI) | oracle win rate | train s |",
+        f"Over {len(seeds)} training seed(s), mean ± std:",
+        "",
+        "| scheme | reward base | reward aligned | win rate | oracle win rate | train s |",
         "|---|---|---|---|---|---|",
     ]
-    for scheme, result in results.items():
-        target = result["eval"]["rewards"][args.reward]
-        oracle = result["eval"]["rewards"]["oracle"]["win_rate"]
-        win = target["win_rate"]
+    for scheme in schemes:
+        runs = [results[seed][scheme] for seed in seeds]
+        target = [run["eval"]["rewards"][args.reward] for run in runs]
+        oracle = [run["eval"]["rewards"]["oracle"]["win_rate"]["rate"] for run in runs]
+        train_seconds = statistics.fmean(run["summary"]["train_seconds"] for run in runs)
         lines.append(
-            f"| {scheme} | {target['base']:.4f} | {target['aligned']:.4f} | "
-            f"{win['rate']:.1%} ({win['ci_low']:.1%}-{win['ci_high']:.1%}) | "
-            f"{oracle['rate']:.1%} | {result['summary']['train_seconds']:.0f} |"
+            f"| {scheme} | {mean_std([t['base'] for t in target])} | "
+            f"{mean_std([t['aligned'] for t in target])} | "
+            f"{percent_mean_std([t['win_rate']['rate'] for t in target])} | "
+            f"{percent_mean_std(oracle)} | {train_seconds:.0f} |"
         )
+    lines += [
+        "",
+        "Every run (win rates with their 95% CI over the held-out prompts x eval seeds):",
+        "",
+        "| seed | scheme | reward base | reward aligned | win rate (95% CI) | oracle win rate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for seed in seeds:
+        for scheme in schemes:
+            result = results[seed][scheme]
+            target = result["eval"]["rewards"][args.reward]
+            oracle = result["eval"]["rewards"]["oracle"]["win_rate"]
+            win = target["win_rate"]
+            lines.append(
+                f"| {seed} | {scheme} | {target['base']:.4f} | {target['aligned']:.4f} | "
+                f"{win['rate']:.1%} ({win['ci_low']:.1%}-{win['ci_high']:.1%}) | "
+                f"{oracle['rate']:.1%} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -91,11 +130,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-seeds", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    results = {scheme: run_scheme(scheme, args) for scheme in args.schemes}
+    results = {
+        seed: {scheme: run_scheme(scheme, seed, args) for scheme in args.schemes}
+        for seed in args.seeds
+    }
     text = report(results, args)
     (Path(args.out) / "report.md").write_text(text)
     (Path(args.out) / "results.json").write_text(json.dumps(results, indent=1))
