@@ -37,7 +37,7 @@ from alignkit.models import Backbone, build_backbone
 from alignkit.models.text import default_micro_cond
 from alignkit.rewards.clip import ClipModel
 from alignkit.rewards.preference import preference_loss
-from alignkit.rewards.spm import StepAwarePreferenceModel
+from alignkit.rewards.spm import StepAwarePreferenceModel, tiny_world_spm_base
 from alignkit.sampling import guided_prediction, split_prediction
 
 log = logging.getLogger(__name__)
@@ -278,11 +278,6 @@ def native_resolution(model_path: str | Path) -> int:
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
-def _default_clip() -> Path:
-    pickscore = Path(asset_path("pickscore"))
-    return pickscore if pickscore.is_dir() else Path(asset_path("clip"))
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Train a step-aware preference model (SPO).")
     parser.add_argument("--out", required=True)
@@ -300,6 +295,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--heldout-fraction", type=float, default=0.15)
     parser.add_argument("--max-rows", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--save-dtype", default="float32", choices=("float32", "float16"),
+        help="the step-aware weights' file dtype (the shipped tiny SPM: float16)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -315,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     pairs = read_pairs(args.pairs or asset_path("pairs"), args.resolution, args.max_rows)
     train, heldout = split_by_prompt(encode_pairs(backbone, pairs), args.heldout_fraction)
     log.info("%d training pairs, %d held-out pairs", len(train), len(heldout))
-    clip_path = Path(args.clip) if args.clip else _default_clip()
+    clip_path = Path(args.clip) if args.clip else tiny_world_spm_base()
     spm = StepAwarePreferenceModel.from_clip(ClipModel.load(clip_path)).to(device)
 
     before = evaluate(spm, backbone, heldout, args.guidance)
@@ -328,11 +327,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     log.info("held-out accuracy after training: %s", after)
 
     out = Path(args.out)
-    spm.save_adapter(out)
+    spm.save_adapter(out, getattr(torch, args.save_dtype))
     if args.train == "all":
         spm.save_base_clip(out / "clip")
     metrics = {
-        "base_clip": str(clip_path),
+        "args": {key: str(value) for key, value in vars(args).items()},
+        "base_clip": args.clip or f"the tiny world's {clip_path.name}",
         "train_pairs": len(train),
         "heldout_pairs": len(heldout),
         "steps": args.steps,

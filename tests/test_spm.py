@@ -5,10 +5,12 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel
 
+from alignkit.config import asset_path
 from alignkit.rewards.clip import ClipModel
 from alignkit.rewards.spm import (
     TINY_CLIP_CONFIG,
     StepAwarePreferenceModel,
+    load_spm,
     read_state_dict,
     timestep_embedding,
 )
@@ -138,4 +140,45 @@ def test_spm_adapter_round_trips_through_safetensors(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(
             fresh.score(images, PROMPTS, timesteps), spm.score(images, PROMPTS, timesteps)
+        )
+
+
+def test_the_tiny_world_default_spm_is_the_shipped_one():
+    """``algo=spo model=tiny`` with no SPM paths scores with the trained tiny SPM, whose
+    step-aware weights make its scores depend on t; an explicit base CLIP gets none of them."""
+    shipped = read_state_dict(asset_path("spm"))
+    spm = load_spm()
+    for name, value in spm.adapter_state_dict().items():
+        torch.testing.assert_close(value, shipped[name].float())
+    images = _images()
+    with torch.no_grad():
+        early = spm.score(images, PROMPTS, torch.tensor([900, 900, 900]))
+        late = spm.score(images, PROMPTS, torch.tensor([0, 0, 0]))
+    assert not torch.allclose(early, late)
+    untrained = load_spm(asset_path("pickscore"))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            untrained.score(images, PROMPTS, torch.tensor([900, 900, 900])),
+            untrained.score(images, PROMPTS, torch.tensor([0, 0, 0])),
+        )
+
+
+def test_spm_adapter_saved_in_half_precision_is_half_the_size_and_scores_alike(tmp_path):
+    torch.manual_seed(0)
+    spm = StepAwarePreferenceModel.from_clip(ClipModel.from_config(TINY_CLIP_CONFIG))
+    _perturb_adapter(spm)
+    full = spm.save_adapter(tmp_path / "full")
+    half = spm.save_adapter(tmp_path / "half", torch.float16)
+    assert {v.dtype for v in read_state_dict(half).values()} == {torch.float16}
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    torch.manual_seed(0)
+    fresh = StepAwarePreferenceModel.from_clip(ClipModel.from_config(TINY_CLIP_CONFIG))
+    fresh.load_weights(read_state_dict(half))
+    images, timesteps = _images(), torch.tensor([5, 300, 800])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fresh.score(images, PROMPTS, timesteps),
+            spm.score(images, PROMPTS, timesteps),
+            atol=2e-2,
+            rtol=1e-3,
         )

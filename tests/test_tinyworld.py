@@ -1,10 +1,12 @@
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from alignkit.config import asset_path
 from alignkit.tinyworld import (
     PromptSpec,
     Variation,
@@ -237,3 +239,10 @@ def test_pairs_command_line_writes_a_folder(tmp_path, capsys):
     df = pd.read_parquet(tmp_path / "part-00000.parquet")
     assert df["caption"].tolist() == heldout_prompts()
     assert "wrote 19 pairs" in capsys.readouterr().out
+
+
+def test_the_shipped_artifacts_stay_under_30_mb():
+    """The issue's budget for everything the tiny world ships (a new asset must fit in it)."""
+    root = Path(asset_path("base_model")).parent
+    total = sum(path.stat().st_size for path in root.rglob("*") if path.is_file())
+    assert total < 30_000_000, f"{root} holds {total / 1e6:.2f} MB"

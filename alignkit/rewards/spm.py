@@ -299,10 +299,12 @@ class StepAwarePreferenceModel(nn.Module):
         save_file(weights, str(folder / WEIGHTS_FILE))
         return folder
 
-    def save_adapter(self, folder: str | Path) -> Path:
+    def save_adapter(self, folder: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        """``dtype=float16`` halves the file (the tiny world ships it so, to stay small)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file(self.adapter_state_dict(), str(folder / SPM_WEIGHTS_FILE))
+        state = {k: v.to(dtype) for k, v in self.adapter_state_dict().items()}
+        save_file(state, str(folder / SPM_WEIGHTS_FILE))
         return folder / SPM_WEIGHTS_FILE
 
     # -- builders ------------------------------------------------------------------------------
@@ -340,6 +342,12 @@ def tiny_random_spm(seed: int = 0) -> StepAwarePreferenceModel:
         return StepAwarePreferenceModel.from_clip(ClipModel.from_config(TINY_CLIP_CONFIG))
 
 
+def tiny_world_spm_base() -> Path:
+    """The CLIP a tiny-world SPM starts from: its pickscore, else (not yet built) its clip."""
+    pickscore = Path(asset_path("pickscore"))
+    return pickscore if pickscore.is_dir() else Path(asset_path("clip"))
+
+
 def load_spm(
     base: str | Path | None = None,
     checkpoint: str | Path | None = None,
@@ -351,8 +359,9 @@ def load_spm(
     ``tower=hf``: ``base`` is a local PickScore_v1 folder (transformers format), ``tokenizer``
     the folder of its processor (laion/CLIP-ViT-H-14-laion2B-s32B-b79K), and ``checkpoint``
     the authors' ``*.bin`` / a ``.safetensors`` state dict. ``tower=open_clip``: ``base`` is a
-    ClipModel folder (default: the tiny world's pickscore, else its clip), ``checkpoint`` a
-    folder or file written by ``save_adapter``.
+    ClipModel folder (default: the tiny world's pickscore, else its clip, with the shipped tiny
+    SPM's step-aware weights when no ``checkpoint`` is given), ``checkpoint`` a folder or file
+    written by ``save_adapter``.
     """
     if tower == "hf":
         from transformers import CLIPModel, CLIPTokenizer
@@ -365,8 +374,10 @@ def load_spm(
         )
     elif tower == "open_clip":
         if base is None:
-            pickscore = Path(asset_path("pickscore"))
-            base = pickscore if pickscore.is_dir() else Path(asset_path("clip"))
+            base = tiny_world_spm_base()
+            shipped = Path(asset_path("spm"))
+            if checkpoint is None and shipped.is_dir():
+                checkpoint = shipped
         spm = StepAwarePreferenceModel.from_clip(ClipModel.load(base))
     else:
         raise ValueError(f"tower={tower!r}: choose 'open_clip' or 'hf'")
