@@ -6,10 +6,12 @@ import torch
 from accelerate import Accelerator
 
 from alignkit.algorithms import build_algorithm
-from alignkit.algorithms.spo import SPOConfig
+from alignkit.algorithms.spo import SPOConfig, build_step_scorer
 from alignkit.checkpoint import list_checkpoints
 from alignkit.config import TrainerConfig
 from alignkit.data.prompts import PromptBatches
+from alignkit.rewards.oracle import OracleReward
+from alignkit.tinyworld import render
 from alignkit.trainer import Trainer
 from tests.model_helpers import PROMPTS, tiny_backbone
 
@@ -96,3 +98,16 @@ def test_spo_loss_updates_the_lora_and_reports_ratios():
 def test_spo_refuses_a_deterministic_sampler():
     with pytest.raises(ValueError, match="eta"):
         build_algorithm(_spo_config(eta=0.0), tiny_backbone())
+
+
+def test_the_oracle_step_scorer_is_ten_times_the_judge_and_blind_to_t():
+    prompt = "a red square on a white background"
+    good = torch.from_numpy(render(prompt, 0)).permute(2, 0, 1).float()[None] / 255
+    blank = torch.ones_like(good)
+    images = torch.cat([good, blank])
+    scorer = build_step_scorer(_spo_config(spm_base="oracle"), torch.device("cpu"))
+    early = scorer(images, [prompt, prompt], torch.tensor([900, 900]))
+    late = scorer(images, [prompt, prompt], torch.tensor([0, 0]))
+    torch.testing.assert_close(early, late)
+    torch.testing.assert_close(early, 10 * OracleReward()(images, [prompt, prompt]))
+    assert early[0] > early[1] + 1.0

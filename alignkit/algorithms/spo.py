@@ -28,6 +28,10 @@ from alignkit.pool_sampler import PoolConfig, PoolSampler, StepScorer, Transitio
 from alignkit.sampling import ddim_step_log_prob, guided_prediction, split_prediction
 
 TINY_RANDOM_SPM = "tiny_random"
+ORACLE_SPM = "oracle"
+#: Our choice: judge scores (in [0, 1]) x 10 as logits, so the authors' threshold 0.3 keeps
+#: a pair when the judge prefers its winner by more than about 0.06.
+ORACLE_LOGIT_SCALE = 10.0
 
 
 @dataclass
@@ -44,11 +48,24 @@ class SPOConfig(PoolConfig, AlgoConfig):
     spm_tokenizer: str | None = None
 
 
+def oracle_step_scorer(
+    images: torch.Tensor, prompts: list[str], timesteps: torch.Tensor
+) -> torch.Tensor:
+    """The tiny world's judge on each step's predicted ``x0``, blind to ``t``: a step-wise
+    preference model that is right by construction, to tell an SPM's errors from SPO's."""
+    from alignkit.rewards.oracle import OracleReward
+
+    return ORACLE_LOGIT_SCALE * OracleReward()(images, prompts)
+
+
 def build_step_scorer(cfg: SPOConfig, device: torch.device) -> StepScorer:
     """The SPM, frozen, on the training device; ``spm_base=tiny_random`` is a random-init tiny
-    one (smoke runs and tests: it ranks arbitrarily)."""
+    one (smoke runs and tests: it ranks arbitrarily), ``spm_base=oracle`` the tiny world's
+    judge (a diagnostic: no learned model)."""
     from alignkit.rewards.spm import load_spm, tiny_random_spm
 
+    if cfg.spm_base == ORACLE_SPM:
+        return oracle_step_scorer
     if cfg.spm_base == TINY_RANDOM_SPM:
         spm = tiny_random_spm()
     else:
