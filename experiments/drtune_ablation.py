@@ -61,15 +61,9 @@ def run_scheme(scheme: str, seed: int, args: argparse.Namespace) -> dict:
     return {"eval": evaluation, "summary": summary, "last_train_reward": rows[-1]["reward"]}
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], spec: str = ".4f") -> str:
     """``mean ± std`` (population std: the seeds are all the runs there are)."""
-    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.4f} ± {spread:.4f}"
-
-
-def percent_mean_std(values: list[float]) -> str:
-    spread = statistics.pstdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.1%} ± {spread:.1%}"
+    return f"{statistics.fmean(values):{spec}} ± {statistics.pstdev(values):{spec}}"
 
 
 def report(results: dict[int, dict[str, dict]], args: argparse.Namespace) -> str:
@@ -93,8 +87,8 @@ def report(results: dict[int, dict[str, dict]], args: argparse.Namespace) -> str
         lines.append(
             f"| {scheme} | {mean_std([t['base'] for t in target])} | "
             f"{mean_std([t['aligned'] for t in target])} | "
-            f"{percent_mean_std([t['win_rate']['rate'] for t in target])} | "
-            f"{percent_mean_std(oracle)} | {train_seconds:.0f} |"
+            f"{mean_std([t['win_rate']['rate'] for t in target], '.1%')} | "
+            f"{mean_std(oracle, '.1%')} | {train_seconds:.0f} |"
         )
     lines += [
         "",

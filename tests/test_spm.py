@@ -128,19 +128,24 @@ def test_loading_a_checkpoint_for_another_model_is_refused():
         spm.load_weights({"model.logit_scale": torch.zeros(())})
 
 
-def test_spm_adapter_round_trips_through_safetensors(tmp_path):
+def _seeded_tiny_spm() -> StepAwarePreferenceModel:
+    """The same random-init tiny SPM on every call (its base CLIP included)."""
     torch.manual_seed(0)
-    spm = StepAwarePreferenceModel.from_clip(ClipModel.from_config(TINY_CLIP_CONFIG))
+    return StepAwarePreferenceModel.from_clip(ClipModel.from_config(TINY_CLIP_CONFIG))
+
+
+def _scores(spm: StepAwarePreferenceModel) -> torch.Tensor:
+    with torch.no_grad():
+        return spm.score(_images(), PROMPTS, torch.tensor([5, 300, 800]))
+
+
+def test_spm_adapter_round_trips_through_safetensors(tmp_path):
+    spm = _seeded_tiny_spm()
     _perturb_adapter(spm)
     spm.save_adapter(tmp_path)
-    torch.manual_seed(0)
-    fresh = StepAwarePreferenceModel.from_clip(ClipModel.from_config(TINY_CLIP_CONFIG))
+    fresh = _seeded_tiny_spm()
     fresh.load_weights(read_state_dict(tmp_path))
-    images, timesteps = _images(), torch.tensor([5, 300, 800])
-    with torch.no_grad():
-        torch.testing.assert_close(
-            fresh.score(images, PROMPTS, timesteps), spm.score(images, PROMPTS, timesteps)
-        )
+    torch.testing.assert_close(_scores(fresh), _scores(spm))
 
 
 def test_the_tiny_world_default_spm_is_the_shipped_one():
@@ -164,21 +169,12 @@ def test_the_tiny_world_default_spm_is_the_shipped_one():
 
 
 def test_spm_adapter_saved_in_half_precision_is_half_the_size_and_scores_alike(tmp_path):
-    torch.manual_seed(0)
-    spm = StepAwarePreferenceModel.from_clip(ClipModel.from_config(TINY_CLIP_CONFIG))
+    spm = _seeded_tiny_spm()
     _perturb_adapter(spm)
     full = spm.save_adapter(tmp_path / "full")
     half = spm.save_adapter(tmp_path / "half", torch.float16)
     assert {v.dtype for v in read_state_dict(half).values()} == {torch.float16}
     assert half.stat().st_size < 0.6 * full.stat().st_size
-    torch.manual_seed(0)
-    fresh = StepAwarePreferenceModel.from_clip(ClipModel.from_config(TINY_CLIP_CONFIG))
+    fresh = _seeded_tiny_spm()
     fresh.load_weights(read_state_dict(half))
-    images, timesteps = _images(), torch.tensor([5, 300, 800])
-    with torch.no_grad():
-        torch.testing.assert_close(
-            fresh.score(images, PROMPTS, timesteps),
-            spm.score(images, PROMPTS, timesteps),
-            atol=2e-2,
-            rtol=1e-3,
-        )
+    torch.testing.assert_close(_scores(fresh), _scores(spm), atol=2e-2, rtol=1e-3)
