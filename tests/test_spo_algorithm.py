@@ -10,6 +10,7 @@ from alignkit.algorithms.spo import SPOConfig, build_step_scorer
 from alignkit.checkpoint import list_checkpoints
 from alignkit.config import TrainerConfig
 from alignkit.data.prompts import PromptBatches
+from alignkit.registry import UnknownNameError
 from alignkit.rewards.oracle import OracleReward
 from alignkit.tinyworld import render
 from alignkit.trainer import Trainer
@@ -100,14 +101,27 @@ def test_spo_refuses_a_deterministic_sampler():
         build_algorithm(_spo_config(eta=0.0), tiny_backbone())
 
 
-def test_the_oracle_step_scorer_is_ten_times_the_judge_and_blind_to_t():
+def test_a_reward_step_scorer_is_the_reward_times_its_logit_scale_and_blind_to_t():
     prompt = "a red square on a white background"
     good = torch.from_numpy(render(prompt, 0)).permute(2, 0, 1).float()[None] / 255
     blank = torch.ones_like(good)
     images = torch.cat([good, blank])
-    scorer = build_step_scorer(_spo_config(spm_base="oracle"), torch.device("cpu"))
+    scorer = build_step_scorer(_spo_config(spm_base="reward:oracle"), torch.device("cpu"))
     early = scorer(images, [prompt, prompt], torch.tensor([900, 900]))
     late = scorer(images, [prompt, prompt], torch.tensor([0, 0]))
     torch.testing.assert_close(early, late)
     torch.testing.assert_close(early, 10 * OracleReward()(images, [prompt, prompt]))
     assert early[0] > early[1] + 1.0
+    brighter = build_step_scorer(
+        _spo_config(spm_base="reward:left_bright", reward_logit_scale=100.0), torch.device("cpu")
+    )
+    left_lit = torch.zeros(1, 3, 8, 8)
+    left_lit[..., :4] = 0.5
+    torch.testing.assert_close(
+        brighter(left_lit, [prompt], torch.tensor([500])), torch.tensor([50.0])
+    )
+
+
+def test_an_unknown_reward_step_scorer_is_named_in_the_error():
+    with pytest.raises(UnknownNameError, match="no_such_reward"):
+        build_step_scorer(_spo_config(spm_base="reward:no_such_reward"), torch.device("cpu"))

@@ -28,10 +28,8 @@ from alignkit.pool_sampler import PoolConfig, PoolSampler, StepScorer, Transitio
 from alignkit.sampling import ddim_step_log_prob, guided_prediction, split_prediction
 
 TINY_RANDOM_SPM = "tiny_random"
-ORACLE_SPM = "oracle"
-#: Our choice: judge scores (in [0, 1]) x 10 as logits, so the authors' threshold 0.3 keeps
-#: a pair when the judge prefers its winner by more than about 0.06.
-ORACLE_LOGIT_SCALE = 10.0
+#: ``spm_base=reward:<name>``: a registered reward stands in for the SPM (``reward_step_scorer``).
+REWARD_SPM_PREFIX = "reward:"
 
 
 @dataclass
@@ -46,26 +44,32 @@ class SPOConfig(PoolConfig, AlgoConfig):
     spm_base: str | None = None
     spm_checkpoint: str | None = None
     spm_tokenizer: str | None = None
+    reward_logit_scale: float = 10.0
 
 
-def oracle_step_scorer(
-    images: torch.Tensor, prompts: list[str], timesteps: torch.Tensor
-) -> torch.Tensor:
-    """The tiny world's judge on each step's predicted ``x0``, blind to ``t``: a step-wise
-    preference model that is right by construction, to tell an SPM's errors from SPO's."""
-    from alignkit.rewards.oracle import OracleReward
+def reward_step_scorer(name: str, logit_scale: float) -> StepScorer:
+    """A reward on each step's predicted ``x0``, blind to ``t``, times ``logit_scale`` as
+    logits (the pair threshold acts on their softmax). With the tiny world's judge
+    (``oracle``) it is a step-wise preference model right by construction, which tells an
+    SPM's errors from SPO's; with a pixel reward it checks that SPO moves what it is told to."""
+    from alignkit.rewards import build_reward
 
-    return ORACLE_LOGIT_SCALE * OracleReward()(images, prompts)
+    reward = build_reward(name)
+
+    def score(images: torch.Tensor, prompts: list[str], timesteps: torch.Tensor) -> torch.Tensor:
+        return logit_scale * reward(images, prompts)
+
+    return score
 
 
 def build_step_scorer(cfg: SPOConfig, device: torch.device) -> StepScorer:
     """The SPM, frozen, on the training device; ``spm_base=tiny_random`` is a random-init tiny
-    one (smoke runs and tests: it ranks arbitrarily), ``spm_base=oracle`` the tiny world's
-    judge (a diagnostic: no learned model)."""
+    one (smoke runs and tests: it ranks arbitrarily), ``spm_base=reward:<name>`` a registered
+    reward blind to ``t`` (a diagnostic: no learned model)."""
     from alignkit.rewards.spm import load_spm, tiny_random_spm
 
-    if cfg.spm_base == ORACLE_SPM:
-        return oracle_step_scorer
+    if cfg.spm_base and cfg.spm_base.startswith(REWARD_SPM_PREFIX):
+        return reward_step_scorer(cfg.spm_base[len(REWARD_SPM_PREFIX) :], cfg.reward_logit_scale)
     if cfg.spm_base == TINY_RANDOM_SPM:
         spm = tiny_random_spm()
     else:
