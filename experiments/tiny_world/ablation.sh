@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The tiny world's ablation across methods: one Hydra sweep over the tiny presets
 # (conf/experiment/tiny_*.yaml, drtune_tiny.yaml; about 30 minutes for all eight on 2 CPU
-# cores), each run evaluated against the base model on the held-out prompts, then `python -m alignkit.report`
-# (report.md, report.html in OUT_DIR).
+# cores), each run evaluated against the base model on the held-out prompts, then
+# `python -m alignkit.report` (report.md, report.html in OUT_DIR).
 #   bash experiments/tiny_world/ablation.sh [OUT_DIR] [key=value ...]
 #   PRESETS=tiny_rpo,tiny_ncp_dpo bash experiments/tiny_world/ablation.sh /tmp/ab seed=0,1
 set -euo pipefail
