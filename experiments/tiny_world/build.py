@@ -1,5 +1,5 @@
-"""Build the tiny world's pretrained text-to-image model (deterministic, CPU, ~110 minutes; see
-docs/tiny_world.md for what it reaches so far).
+"""Build the tiny world's pretrained text-to-image model (deterministic, CPU, about 2 1/4 hours
+on 2 cores; docs/tiny_world.md gives what it reaches).
 
     python experiments/tiny_world/build.py [--out alignkit/tinyworld/assets/base_model] [--work DIR]
 
@@ -13,11 +13,14 @@ stage also saves its progress every ``--save-every`` steps and goes on from ther
 3. encode the set to latents and set the VAE's scaling factor to 1 / std(latents);
 4. train a UNet and a CLIP text encoder (with the real CLIP tokenizer, 16 tokens) jointly on
    epsilon prediction (Min-SNR-5 weighted), with 10% empty prompts for classifier-free guidance
-   and an EMA;
-5. save a diffusers folder in half precision that ``StableDiffusionPipeline.from_pretrained(
+   and an EMA (5000 steps);
+5. refine that run's EMA weights with a fresh optimiser and a warm restart of the learning rate
+   (2000 steps at a lower peak): held-out fidelity climbs while the learning rate decays, and the
+   first run ends still climbing;
+6. save a diffusers folder in half precision that ``StableDiffusionPipeline.from_pretrained(
    folder, torch_dtype=torch.float32)`` loads (the samples below come from that reload);
-6. report how often held-out samples show the prompted shape and colour (the judge);
-7. sample preference pairs from the model for the train prompts (two seeds per pair), label
+7. report how often held-out samples show the prompted shape and colour (the judge);
+8. sample preference pairs from the model for the train prompts (two seeds per pair), label
    them with the judge and write them in the Pick-a-Pic schema (``data=tiny_pairs``).
 """
 
@@ -27,6 +30,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +54,7 @@ IMAGE_SIZE = 32  # the model's resolution; renders are 64x64
 TOKENS = 16
 TEXT_WIDTH = 64
 UNET_LR = 5e-4  # our choice: 3e-4 still left blobs after 1800 steps; a 6.6M UNet takes more
+REFINE_LR = 2e-4  # our choice: the first run ends at 5e-5 still improving; 0.60 -> 0.78 fidelity
 
 
 def log(message: str) -> None:
@@ -221,23 +226,52 @@ def load_progress(
     return int(tensors["step"])
 
 
+@dataclass(frozen=True)
+class DenoiserRun:
+    """One training run of the UNet and text encoder: from random weights, or refining the
+    weights of an earlier run with a fresh optimiser and a schedule of its own."""
+
+    name: str  # its cache file in --work
+    steps: int
+    peak_lr: float
+    warmup_steps: int
+    seed: int
+    ema_decay: float
+    ema_warmup: bool  # ramp the EMA's decay up from 0: a random start is not worth keeping
+
+
+def load_denoiser(path: Path) -> tuple[UNet2DConditionModel, CLIPTextModel]:
+    unet, text_encoder = make_unet(), make_text_encoder()
+    state = load_file(path)
+    unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
+    text_encoder.load_state_dict(
+        {k[5:]: v for k, v in state.items() if k.startswith("text.")}, strict=False
+    )
+    return unet, text_encoder
+
+
+def save_denoiser(path: Path, unet: UNet2DConditionModel, text_encoder: CLIPTextModel) -> None:
+    state = {f"unet.{k}": v for k, v in unet.state_dict().items()}
+    state.update({f"text.{k}": v for k, v in text_encoder.state_dict().items()})
+    save_file({k: v.contiguous() for k, v in state.items()}, path)
+
+
 def train_denoiser(
     work: Path,
     latents: torch.Tensor,
     prompts: list[str],
-    steps: int,
-    seed: int,
+    run: DenoiserRun,
     save_every: int,
+    start_from: Path | None = None,
 ) -> tuple[UNet2DConditionModel, CLIPTextModel]:
-    unet, text_encoder = make_unet(), make_text_encoder()
-    cache = work / "denoiser.safetensors"
+    """Train (or load from the cache) ``run``, starting from ``start_from``'s weights if given."""
+    cache = work / f"{run.name}.safetensors"
     if cache.exists():
-        state = load_file(cache)
-        unet.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("unet.")})
-        text_encoder.load_state_dict(
-            {k[5:]: v for k, v in state.items() if k.startswith("text.")}, strict=False
-        )
-        return unet, text_encoder
+        return load_denoiser(cache)
+    if start_from is None:
+        unet, text_encoder = make_unet(), make_text_encoder()
+    else:
+        unet, text_encoder = load_denoiser(start_from)
     tokenizer = offline_clip_tokenizer(max_length=TOKENS)
     vocabulary = sorted(set(prompts)) + [""]
     token_ids = tokenizer(
@@ -246,13 +280,13 @@ def train_denoiser(
     prompt_index = torch.tensor([vocabulary.index(p) for p in prompts])
     empty_index = len(vocabulary) - 1
     alphas = make_scheduler().alphas_cumprod
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(run.seed)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=UNET_LR, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW(params, lr=run.peak_lr, weight_decay=1e-2)
     ema = [p.detach().clone() for p in params]
-    progress = work / f"denoiser_progress_{steps}.safetensors"
+    progress = work / f"{run.name}_progress_{run.steps}.safetensors"
     start = load_progress(progress, params, ema, optimizer, generator)
-    bar = tqdm(range(start, steps), desc="unet", initial=start, total=steps)
+    bar = tqdm(range(start, run.steps), desc=run.name, initial=start, total=run.steps)
     for step in bar:
         rows = torch.randint(0, len(latents), (32,), generator=generator)
         x0 = latents[rows]
@@ -268,24 +302,24 @@ def train_denoiser(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        warmup = min(1.0, (step + 1) / 200)
+        warmup = min(1.0, (step + 1) / run.warmup_steps)
         for group in optimizer.param_groups:
-            cosine = 0.5 * (1 + math.cos(math.pi * step / steps))
-            group["lr"] = UNET_LR * warmup * (0.1 + 0.9 * cosine)
+            cosine = 0.5 * (1 + math.cos(math.pi * step / run.steps))
+            group["lr"] = run.peak_lr * warmup * (0.1 + 0.9 * cosine)
         optimizer.step()
-        decay = min(0.999, (1 + step) / (10 + step))
+        decay = run.ema_decay
+        if run.ema_warmup:
+            decay = min(decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for shadow, p in zip(ema, params):
                 shadow.lerp_(p, 1 - decay)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if (step + 1) % save_every == 0 and step + 1 < steps:
+        if (step + 1) % save_every == 0 and step + 1 < run.steps:
             save_progress(progress, step + 1, params, ema, optimizer, generator)
     with torch.no_grad():
         for shadow, p in zip(ema, params):
             p.copy_(shadow)
-    state = {f"unet.{k}": v for k, v in unet.state_dict().items()}
-    state.update({f"text.{k}": v for k, v in text_encoder.state_dict().items()})
-    save_file({k: v.contiguous() for k, v in state.items()}, cache)
+    save_denoiser(cache, unet, text_encoder)
     progress.unlink(missing_ok=True)
     return unet, text_encoder
 
@@ -369,6 +403,7 @@ def main() -> None:
     parser.add_argument("--per-prompt", type=int, default=128)
     parser.add_argument("--vae-steps", type=int, default=1000)
     parser.add_argument("--unet-steps", type=int, default=5000)
+    parser.add_argument("--refine-steps", type=int, default=2000)
     parser.add_argument("--save-every", type=int, default=200, help="UNet steps between saves")
     parser.add_argument("--pairs-out", type=Path, default=Path("alignkit/tinyworld/assets/pairs"))
     parser.add_argument("--pairs-per-prompt", type=int, default=8)
@@ -385,13 +420,19 @@ def main() -> None:
     latents = encode_latents(args.work, vae, images)
     vae.register_to_config(scaling_factor=float(1 / latents.std()))
     log(f"latents {tuple(latents.shape)}, scaling factor {vae.config.scaling_factor:.4f}")
+    scaled = latents * vae.config.scaling_factor
+    first = DenoiserRun("denoiser", args.unet_steps, UNET_LR, 200, args.seed, 0.999, True)
+    train_denoiser(args.work, scaled, prompts, first, args.save_every)
+    refine = DenoiserRun(
+        "denoiser_refined", args.refine_steps, REFINE_LR, 100, args.seed + 1, 0.998, False
+    )
     unet, text_encoder = train_denoiser(
         args.work,
-        latents * vae.config.scaling_factor,
+        scaled,
         prompts,
-        args.unet_steps,
-        args.seed,
+        refine,
         args.save_every,
+        start_from=args.work / "denoiser.safetensors",
     )
     pipeline = save_pipeline(args.out, vae, unet, text_encoder)
     log(f"saved {args.out}; sampling held-out prompts")
