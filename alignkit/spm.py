@@ -74,6 +74,18 @@ class PairTensors:
             self.latents_1[index] if encoded else None,
         )
 
+    def concat(self, other: PairTensors) -> PairTensors:
+        """These pairs followed by ``other``'s (neither encoded yet)."""
+        if self.latents_0 is not None or other.latents_0 is not None:
+            raise ValueError("concatenate pairs before encode_pairs, not after")
+        return PairTensors(
+            torch.cat([self.images_0, other.images_0]),
+            torch.cat([self.images_1, other.images_1]),
+            torch.cat([self.label_0, other.label_0]),
+            torch.cat([self.label_1, other.label_1]),
+            self.prompts + other.prompts,
+        )
+
 
 @torch.no_grad()
 def encode_pairs(backbone: Backbone, pairs: PairTensors, batch_size: int = 64) -> PairTensors:

@@ -1,6 +1,7 @@
 """The SPM training recipe on tiny random models: shared noise, x0 from the frozen UNet,
 the PickScore loss falls, accuracy counts only decided pairs, and the result reloads."""
 
+import pytest
 import torch
 
 from alignkit.rewards.clip import ClipModel
@@ -83,3 +84,19 @@ def test_split_by_prompt_keeps_prompts_on_one_side():
     train, heldout = split_by_prompt(pairs, 0.3)
     assert len(train) + len(heldout) == 40 and len(heldout) > 0
     assert not set(train.prompts) & set(heldout.prompts)
+
+
+def test_concat_keeps_each_pair_whole_and_in_order():
+    pairs = _pairs()
+    both = pairs.concat(pairs.select(torch.tensor([2, 0])))
+    assert both.prompts == PROMPTS + [PROMPTS[2], PROMPTS[0]]
+    assert torch.equal(both.images_1[4], pairs.images_1[2])
+    assert both.label_0.tolist() == [1.0, 0.0, 0.5, 1.0, 0.5, 1.0]
+
+
+def test_concat_after_encoding_is_refused():
+    pairs = _pairs()
+    encoded = PairTensors(*vars(pairs).values())
+    encoded.latents_0 = encoded.latents_1 = torch.zeros(4, 4, 2, 2)
+    with pytest.raises(ValueError, match="before encode_pairs"):
+        pairs.concat(encoded)
