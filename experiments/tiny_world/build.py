@@ -1,4 +1,4 @@
-"""Build the tiny world's pretrained text-to-image model (deterministic, CPU, about 2 1/4 hours
+"""Build the tiny world's pretrained text-to-image model (deterministic, CPU, about 2 hours
 on 2 cores; docs/tiny_world.md gives what it reaches).
 
     python experiments/tiny_world/build.py [--out alignkit/tinyworld/assets/base_model] [--work DIR]
