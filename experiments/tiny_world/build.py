@@ -239,6 +239,10 @@ class DenoiserRun:
     ema_decay: float
     ema_warmup: bool  # ramp the EMA's decay up from 0: a random start is not worth keeping
 
+    def weights(self, work: Path) -> Path:
+        """Where the run's final (EMA) weights are cached."""
+        return work / f"{self.name}.safetensors"
+
 
 def load_denoiser(path: Path) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     unet, text_encoder = make_unet(), make_text_encoder()
@@ -265,7 +269,7 @@ def train_denoiser(
     start_from: Path | None = None,
 ) -> tuple[UNet2DConditionModel, CLIPTextModel]:
     """Train (or load from the cache) ``run``, starting from ``start_from``'s weights if given."""
-    cache = work / f"{run.name}.safetensors"
+    cache = run.weights(work)
     if cache.exists():
         return load_denoiser(cache)
     if start_from is None:
@@ -432,7 +436,7 @@ def main() -> None:
         prompts,
         refine,
         args.save_every,
-        start_from=args.work / "denoiser.safetensors",
+        start_from=first.weights(args.work),
     )
     pipeline = save_pipeline(args.out, vae, unet, text_encoder)
     log(f"saved {args.out}; sampling held-out prompts")

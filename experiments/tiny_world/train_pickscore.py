@@ -28,7 +28,7 @@ from train_clip import (  # this folder's script: run as a script, not -m
 )
 
 from alignkit.config import ModelConfig, asset_path
-from alignkit.models import build_backbone
+from alignkit.models import Backbone, build_backbone
 from alignkit.rewards.clip import ClipModel
 from alignkit.rewards.preference import preference_loss
 from alignkit.sampling import generate_images
@@ -58,12 +58,19 @@ def pairwise_accuracy(clip: ClipModel, pairs: PairTensors, chunk: int = 256) -> 
     return {"pairs": len(decided), "accuracy": accuracy}
 
 
-def sample_pairs(prompt_set: list[str], per_prompt: int, seed: int) -> PairTensors:
-    """Two base-model samples per prompt and slot, judged as the shipped pairs are."""
-    model_cfg = ModelConfig(
-        name="tiny", init="pretrained", path=asset_path("base_model"), resolution=RESOLUTION
+def base_backbone() -> Backbone:
+    """The shipped tiny base model, whose samples the pairs are made of."""
+    return build_backbone(
+        ModelConfig(
+            name="tiny", init="pretrained", path=asset_path("base_model"), resolution=RESOLUTION
+        )
     )
-    backbone = build_backbone(model_cfg)
+
+
+def sample_pairs(
+    backbone: Backbone, prompt_set: list[str], per_prompt: int, seed: int
+) -> PairTensors:
+    """Two base-model samples per prompt and slot, judged as the shipped pairs are."""
     prompts = [prompt for prompt in prompt_set for _ in range(per_prompt)]
     seeds = list(range(seed, seed + 2 * len(prompts)))
     first = generate_images(backbone, prompts, seeds[: len(prompts)], reference=True)
@@ -139,10 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     held_back = torch.arange(len(pairs)) % VALIDATION_EVERY == 0
     train_pairs = pairs.select((~held_back).nonzero().flatten())
     validation = pairs.select(held_back.nonzero().flatten())
+    backbone = base_backbone()
     if args.extra_pairs_per_prompt:
-        extra = sample_pairs(train_prompts(), args.extra_pairs_per_prompt, seed=4_000_000)
+        extra = sample_pairs(backbone, train_prompts(), args.extra_pairs_per_prompt, seed=4_000_000)
         train_pairs = train_pairs.concat(extra)
-    heldout = sample_pairs(heldout_prompts(), args.heldout_per_prompt, seed=3_000_000)
+    heldout = sample_pairs(backbone, heldout_prompts(), args.heldout_per_prompt, seed=3_000_000)
     clip = ClipModel.from_folder(args.init).float()
     before = {
         "validation_rows": pairwise_accuracy(clip, validation),
