@@ -1,6 +1,8 @@
 """The SPM training recipe on tiny random models: shared noise, x0 from the frozen UNet,
 the PickScore loss falls, accuracy counts only decided pairs, and the result reloads."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -96,7 +98,7 @@ def test_concat_keeps_each_pair_whole_and_in_order():
 
 def test_concat_after_encoding_is_refused():
     pairs = _pairs()
-    encoded = PairTensors(*vars(pairs).values())
-    encoded.latents_0 = encoded.latents_1 = torch.zeros(4, 4, 2, 2)
+    latents = torch.zeros(4, 4, 2, 2)
+    encoded = dataclasses.replace(pairs, latents_0=latents, latents_1=latents)
     with pytest.raises(ValueError, match="before encode_pairs"):
         pairs.concat(encoded)
