@@ -53,8 +53,8 @@ from alignkit.tinyworld.pairs import pairs_from_images, write_parquet_folder
 IMAGE_SIZE = 32  # the model's resolution; renders are 64x64
 TOKENS = 16
 TEXT_WIDTH = 64
-UNET_LR = 5e-4  # our choice: 3e-4 still left blobs after 1800 steps; a 6.6M UNet takes more
-REFINE_LR = 2e-4  # our choice: the first run ends at 5e-5 still improving; 0.60 -> 0.78 fidelity
+UNET_LR = 1e-3  # our choice: 3e-4 left blobs after 1800 steps; 1e-3 beat 5e-4 on 3000 + 1000
+REFINE_LR = 4e-4  # our choice: the first run ends still improving; the restart adds ~0.2 fidelity
 
 
 def log(message: str) -> None:
@@ -154,7 +154,7 @@ def make_unet() -> UNet2DConditionModel:
         sample_size=IMAGE_SIZE // 2,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(64, 128, 128),
+        block_out_channels=(32, 64, 128),  # our choice: 4.1M, a step 0.54x of 64/128/128
         layers_per_block=1,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
@@ -286,7 +286,7 @@ def train_denoiser(
     alphas = make_scheduler().alphas_cumprod
     generator = torch.Generator().manual_seed(run.seed)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    optimizer = torch.optim.AdamW(params, lr=run.peak_lr, weight_decay=1e-2)
+    optimizer = torch.optim.AdamW(params, lr=run.peak_lr, weight_decay=1e-2, fused=True)
     ema = [p.detach().clone() for p in params]
     progress = work / f"{run.name}_progress_{run.steps}.safetensors"
     start = load_progress(progress, params, ema, optimizer, generator)
@@ -305,7 +305,7 @@ def train_denoiser(
         loss = (min_snr_weight(alphas[t]) * error).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
         warmup = min(1.0, (step + 1) / run.warmup_steps)
         for group in optimizer.param_groups:
             cosine = 0.5 * (1 + math.cos(math.pi * step / run.steps))
@@ -315,8 +315,7 @@ def train_denoiser(
         if run.ema_warmup:
             decay = min(decay, (1 + step) / (10 + step))
         with torch.no_grad():
-            for shadow, p in zip(ema, params):
-                shadow.lerp_(p, 1 - decay)
+            torch._foreach_lerp_(ema, params, 1 - decay)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % save_every == 0 and step + 1 < run.steps:
             save_progress(progress, step + 1, params, ema, optimizer, generator)
