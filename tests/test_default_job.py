@@ -18,7 +18,7 @@ def test_the_default_job_is_dpo_on_the_tiny_worlds_model_and_pairs():
     assert (cfg.model.name, cfg.data.name, cfg.algo.name) == ("tiny", "tiny_pairs", "dpo")
     assert cfg.model.path == asset_path("base_model") and cfg.data.path == asset_path("pairs")
     batches = build_batches(cfg.data, FakeEncoder(), resolution=32, batch_size=8, seed=0)
-    assert batches.num_pairs >= 400  # 616 shipped pairs less 69 ties (build_report.json)
+    assert batches.num_pairs >= 400  # 616 shipped pairs less 55 ties (build_report.json)
 
 
 def test_the_shipped_renderer_pairs_load():
