@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The tiny world's ablation across methods: one Hydra sweep over the tiny presets
-# (conf/experiment/tiny_*.yaml, drtune_tiny.yaml; about 30 minutes for all eight on 2 CPU
+# (conf/experiment/tiny_*.yaml, drtune_tiny.yaml; about 17 minutes for all eight on 2 CPU
 # cores), each run evaluated against the base model on the held-out prompts, then
 # `python -m alignkit.report` (report.md, report.html in OUT_DIR).
 #   bash experiments/tiny_world/ablation.sh [OUT_DIR] [key=value ...]
