@@ -286,6 +286,7 @@ def train_denoiser(
     alphas = make_scheduler().alphas_cumprod
     generator = torch.Generator().manual_seed(run.seed)
     params = list(unet.parameters()) + list(text_encoder.parameters())
+    # fused AdamW, foreach clipping and EMA: one call over all tensors, not one per tensor
     optimizer = torch.optim.AdamW(params, lr=run.peak_lr, weight_decay=1e-2, fused=True)
     ema = [p.detach().clone() for p in params]
     progress = work / f"{run.name}_progress_{run.steps}.safetensors"
