@@ -18,12 +18,14 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from alignkit.algorithms import ALGORITHMS, build_algorithm, needs_reward
 from alignkit.checkpoint import list_checkpoints, load_checkpoint
-from alignkit.config import asset_path, validate_config
+from alignkit.config import validate_config
 from alignkit.data import build_batches
 from alignkit.evaluation import evaluate, results_table
 from alignkit.models import build_backbone
+from alignkit.parts import check_parts, collect_parts
 from alignkit.rewards import build_configured_reward
 from alignkit.sinks import build_sinks
+from alignkit.tinyworld.assets import asset_path
 from alignkit.trainer import Trainer, TrainResult
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,7 @@ def run(cfg: DictConfig) -> RunResult:
     with open_dict(cfg):
         cfg.output_dir = str(run_dir)
     _check_data_kind(cfg.algo.name, cfg.data.kind)
+    check_parts(collect_parts(cfg))
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     seed_everything(cfg.seed)
     accelerator = build_accelerator(cfg)

@@ -66,6 +66,11 @@ def image_grid(base: torch.Tensor, aligned: torch.Tensor, rows: int, cols: int) 
 def evaluate(backbone: Backbone, cfg: EvalConfig, out_dir: str | Path) -> dict:
     """Generate, score, compare; write ``eval.json`` and ``eval_grid.png`` into ``out_dir``."""
     out_dir = Path(out_dir)
+    if not cfg.prompts or not cfg.rewards:
+        raise ValueError(
+            "evaluation needs prompts and rewards: set eval.prompts=<text file, one prompt a "
+            "line> and eval.rewards=[pickscore,...] (the tiny world's model sets its own)"
+        )
     prompts = load_prompt_list(cfg.prompts)
     grid_rows = min(cfg.grid_prompts, len(prompts))
     grid_cols = min(cfg.grid_seeds, cfg.seeds_per_prompt)
