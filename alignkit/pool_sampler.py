@@ -1,4 +1,4 @@
-"""SPO's step-wise pool sampler and resampler (ALGORITHMS.md §5).
+"""SPO's step-wise pool sampler and resampler (docs/algorithms.md, "SPO").
 
 From ``divert_start_step`` on, every prompt's shared latent ``x_t`` branches into ``k``
 candidates ``x_{t-1} = mu + sigma z``. The next denoising step's UNet call runs on all

@@ -1,4 +1,5 @@
-"""Differentiable DDIM rollouts for reward backpropagation (ALGORITHMS.md §6).
+"""Differentiable DDIM rollouts for reward backpropagation (docs/algorithms.md, "DRTune and
+its peers").
 
 One rollout implementation serves DRTune and its peers, so an ablation compares only what
 differs between them: which steps run, which UNet calls carry gradients, and whether the

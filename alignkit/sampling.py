@@ -133,9 +133,9 @@ def ddim_step_log_prob(
 ) -> torch.Tensor:
     """Log-density ``[B]`` of ``x_prev`` under the DDIM step ``N(mu, sigma^2 I)``.
 
-    The Gaussian log-density is averaged (not summed) over C, H, W as in ALGORITHMS.md §5, so
-    its scale does not depend on the latent size. ``x_prev`` is detached: only the mean
-    carries the model's gradient.
+    The Gaussian log-density is averaged (not summed) over C, H, W as in SPO
+    (docs/algorithms.md, "SPO"), so its scale does not depend on the latent size. ``x_prev`` is
+    detached: only the mean carries the model's gradient.
     """
     if eta <= 0:
         raise ValueError(

@@ -1,4 +1,4 @@
-"""Train a step-aware preference model (SPM) the SPO authors' way (ALGORITHMS.md §5).
+"""Train a step-aware preference model (SPM) the SPO authors' way (docs/algorithms.md, "SPO").
 
 For a preference pair (two images of one prompt, Pick-a-Pic labels): encode both images,
 noise them with the SAME noise at a random ``t ~ U[0, T)``, let the frozen base UNet (CFG 5)

@@ -1,4 +1,5 @@
-"""NCP: DPO, CPO and SFT in the U-Net embedding space (Gambashidze et al. 2024; ALGORITHMS.md §4).
+"""NCP: DPO, CPO and SFT in the U-Net embedding space (Gambashidze et al. 2024; docs/algorithms.md,
+"NCP (DPO, CPO, SFT in the U-Net's embedding space)").
 
 The error of a prediction is not its epsilon-MSE but the distance, in the frozen base UNet's
 encoder features, between the step it takes and the step the true noise takes: from the same

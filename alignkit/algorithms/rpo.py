@@ -1,4 +1,4 @@
-"""Diffusion-RPO (Gu et al. 2024, arXiv 2406.06382; ALGORITHMS.md §3).
+"""Diffusion-RPO (Gu et al. 2024, arXiv 2406.06382; docs/algorithms.md, "Diffusion-RPO").
 
 Diffusion-DPO over every winner x loser pair of the local batch, each pair weighted by how
 similar its two samples are in CLIP's multi-modal embedding space. The paper's code was never

@@ -1,4 +1,4 @@
-"""SPO: step-aware preference optimization (Liang et al. 2024, ALGORITHMS.md §5).
+"""SPO: step-aware preference optimization (Liang et al. 2024, docs/algorithms.md, "SPO").
 
 Online. A sampling round turns a batch of prompts into single-step preference pairs (the
 pool sampler, judged by the step-aware preference model); training then walks through those

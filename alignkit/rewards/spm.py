@@ -1,4 +1,4 @@
-"""The step-aware preference model (SPM) of SPO (Liang et al. 2024, ALGORITHMS.md §5).
+"""The step-aware preference model (SPM) of SPO (Liang et al. 2024, docs/algorithms.md, "SPO").
 
 A PickScore-style CLIP whose vision tower is told the diffusion timestep of the (predicted)
 image it scores: ``t`` -> sinusoidal 256 -> MLP -> width, and DiT-style adaLN in every
