@@ -23,6 +23,8 @@ class LoRAConfig:
     # peft's init_lora_weights: "gaussian" | "true" (kaiming A, zero B) | "pissa" | ...
     init: str = "gaussian"
     dropout: float = 0.0
+    # Start from an existing LoRA file (diffusers or kohya/webui layout) instead of ``init``.
+    load: str | None = None
 
 
 @dataclass
