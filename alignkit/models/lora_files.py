@@ -243,3 +243,9 @@ def diffusers_layer_dict(layers: Mapping[str, LoRALayer]) -> dict[str, torch.Ten
         tensors[f"{path}.lora.down.weight"] = layer.down.float().contiguous()
         tensors[f"{path}.lora.up.weight"] = layer.up.float().contiguous()
     return tensors
+
+
+def merged_weight(weight: torch.Tensor, layer: LoRALayer) -> torch.Tensor:
+    """``weight + (alpha / rank) * up @ down``, for linear and convolution weights alike."""
+    delta = layer.up.flatten(1).double() @ layer.down.flatten(1).double()
+    return (weight.double() + layer.scale * delta.reshape(weight.shape)).to(weight.dtype)
