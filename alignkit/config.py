@@ -23,6 +23,9 @@ class LoRAConfig:
     # peft's init_lora_weights: "gaussian" | "true" (kaiming A, zero B) | "pissa" | ...
     init: str = "gaussian"
     dropout: float = 0.0
+    # our choice: None, a fresh adapter from ``init``; a path starts from that LoRA file
+    # (diffusers or kohya/webui layout, detected; docs/export.md)
+    load: str | None = None
 
 
 @dataclass

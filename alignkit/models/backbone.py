@@ -9,6 +9,7 @@ reference is the same UNet with adapters disabled; with full fine-tuning it is a
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,6 +24,8 @@ from alignkit.models.components import Components
 from alignkit.models.encoder import block_checkpointing_off, unet_encoder_features
 from alignkit.models.schedule import add_noise, regression_target
 from alignkit.models.text import encode_prompts, unet_conditioning
+
+log = logging.getLogger(__name__)
 
 
 def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -71,7 +74,14 @@ class Backbone:
             _place(self.unet, self.device, self.weight_dtype)
             lora_lib.add_lora(self.unet, cfg.lora)
             cast_training_params(self.unet, dtype=torch.float32)
+            if cfg.lora.load:
+                found = lora_lib.load_lora_file(self.unet, cfg.lora)
+                log.info("LoRA started from %s (%s layout)", cfg.lora.load, found)
         elif cfg.finetune == "full":
+            if cfg.lora.load:
+                raise ValueError(
+                    f"model.lora.load={cfg.lora.load} needs model.finetune=lora (it is 'full')"
+                )
             self.unet.to(self.device).requires_grad_(True)
             same = cfg.reference_device == "same"
             reference_device = self.device if same else torch.device(cfg.reference_device)
@@ -227,6 +237,6 @@ class Backbone:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.cfg.finetune == "lora":
-            return lora_lib.save_lora_for_diffusers(self.unet, self.family, folder)
+            return lora_lib.save_lora_for_diffusers(self.unet, self.family, folder, self.cfg.lora)
         self.unet.save_pretrained(folder / "unet", safe_serialization=True)
         return folder / "unet"

@@ -22,7 +22,9 @@ def _looks_like_local_path(path: str) -> bool:
     return path.startswith((".", "/", "~")) or path.count("/") != 1 or os.path.exists(path)
 
 
-def _check_path(path: str | None) -> str:
+def check_model_path(path: str | None) -> str:
+    """``path`` expanded, if it can name a model (a hub id or a diffusers folder); else a
+    ModelLoadError that says what is wrong with it."""
     if not path:
         raise ModelLoadError(
             "model.path is empty: pass a hub id (e.g. model.path=runwayml/stable-diffusion-v1-5) "
@@ -73,7 +75,7 @@ def load_pretrained_components(
     vae_path: str | None = None,
 ) -> Components:
     """Every frozen and trainable module of the model, in float32 on the CPU."""
-    path = _check_path(path)
+    path = check_model_path(path)
     # float32 whatever the files hold (transformers 5 would keep fp16 files in fp16); the
     # Backbone casts the frozen modules to the mixed-precision dtype itself.
     common = {"revision": revision, "variant": variant, "torch_dtype": torch.float32}
