@@ -13,22 +13,27 @@ from pathlib import Path
 import torch
 
 from alignkit.config import DataConfig
+from alignkit.data.general_prompts import GENERAL_PROMPTS
 from alignkit.data.seeding import derived_generator
 
 TINY_SPLITS = ("tiny_train", "tiny_heldout")
+GENERAL = "general"
 
 
 def load_prompt_list(spec: str) -> list[str]:
-    """``tiny_train`` / ``tiny_heldout`` (the tiny world's splits) or a text file, one a line."""
+    """``tiny_train`` / ``tiny_heldout`` (the tiny world's splits), ``general`` (a dozen
+    varied prompts for real models) or a text file, one prompt a line."""
     if spec in TINY_SPLITS:
         from alignkit.tinyworld import heldout_prompts, train_prompts
 
         return train_prompts() if spec == "tiny_train" else heldout_prompts()
+    if spec == GENERAL:
+        return list(GENERAL_PROMPTS)
     path = Path(spec).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
-            f"prompts {spec!r}: no such file; pass {' or '.join(TINY_SPLITS)} or a text file "
-            "with one prompt a line"
+            f"prompts {spec!r}: no such file; pass {', '.join((*TINY_SPLITS, GENERAL))} or a "
+            "text file with one prompt a line"
         )
     prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not prompts:
