@@ -2,8 +2,8 @@
 sampled with the base and the policy, and the sinks get the grid (base | policy) and the
 reward means, so a drift or a collapse shows while the run goes on, not only at its end.
 
-The Trainer calls the watch after an optimizer step. Only the main process holds one (the
-others get ``None`` from ``build_watch``), and it samples through the bare UNet, never the
+The Trainer calls the watch after an optimizer step. Only the main process builds one, and
+it samples through the bare UNet, never the
 distributed wrapper, so it starts no collective operation that the other processes would
 have to join.
 """
@@ -41,7 +41,8 @@ def bare_unet(backbone: Backbone) -> Iterator[None]:
 
 
 def check_watch_settings(cfg: EvalConfig) -> None:
-    """Reject settings that would only fail once training reached the first look."""
+    """Reject settings that would only fail once training reached the first look; cheap, so
+    every process runs it before the model is loaded."""
     if cfg.every < 0:
         raise ValueError(f"eval.every={cfg.every} must be >= 0 (0 turns the watch off)")
     if cfg.every == 0:
@@ -51,6 +52,7 @@ def check_watch_settings(cfg: EvalConfig) -> None:
             raise ValueError(f"eval.{key}={getattr(cfg, key)} must be at least 1 with eval.every")
     for name in cfg.rewards:
         REWARDS.get(name)
+    load_prompt_list(cfg.prompts)
 
 
 class TrainingWatch:
@@ -117,15 +119,11 @@ class TrainingWatch:
 
 
 def build_watch(
-    cfg: EvalConfig, backbone: Backbone, sinks: list[MetricsSink], main_process: bool
+    cfg: EvalConfig, backbone: Backbone, sinks: list[MetricsSink]
 ) -> TrainingWatch | None:
-    """The watch for the main process when ``eval.every`` > 0; every process checks the
-    settings first, so a bad one stops all of them before training."""
-    check_watch_settings(cfg)
+    """The watch when ``eval.every`` > 0 (settings already passed ``check_watch_settings``);
+    built on the main process only, it loads its reward models once."""
     if cfg.every == 0:
-        return None
-    load_prompt_list(cfg.prompts)
-    if not main_process:
         return None
     rewards = {name: build_reward(name) for name in cfg.rewards}
     return TrainingWatch(backbone, cfg, sinks, rewards)
