@@ -50,8 +50,8 @@ def check_watch_settings(cfg: EvalConfig) -> None:
     for key in ("every_prompts", "every_seeds", "steps"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"eval.{key}={getattr(cfg, key)} must be at least 1 with eval.every")
-    for name in cfg.rewards:
-        REWARDS.get(name)
+    for spec in cfg.rewards:
+        REWARDS.get(spec.partition("@")[0])  # name@path: a reward with its local folder
     load_prompt_list(cfg.prompts)
 
 

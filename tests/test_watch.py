@@ -213,6 +213,12 @@ def test_bad_watch_settings_are_named(settings, error, message):
         check_watch_settings(EvalConfig(prompts="tiny_heldout", **settings))
 
 
+def test_a_reward_with_its_folder_passes_the_check():
+    check_watch_settings(EvalConfig(prompts="general", every=5, rewards=["pickscore@/models/ps"]))
+    with pytest.raises(UnknownNameError, match="'pikscore'"):
+        check_watch_settings(EvalConfig(prompts="general", every=5, rewards=["pikscore@/m"]))
+
+
 def test_a_missing_prompt_file_stops_the_run_before_training(tmp_path):
     cfg = compose_config(
         *TINY_DPO,
