@@ -3,9 +3,8 @@ sampled with the base and the policy, and the sinks get the grid (base | policy)
 reward means, so a drift or a collapse shows while the run goes on, not only at its end.
 
 The Trainer calls the watch after an optimizer step. Only the main process builds one, and
-it samples through the bare UNet, never the
-distributed wrapper, so it starts no collective operation that the other processes would
-have to join.
+it samples through the bare UNet, never the distributed wrapper, so it starts no collective
+operation that the other processes would have to join.
 """
 
 from __future__ import annotations
@@ -57,7 +56,8 @@ def check_watch_settings(cfg: EvalConfig) -> None:
 
 class TrainingWatch:
     """The hook: ``watch(step)`` returns ``eval/<reward>`` scalars at a watched step (and
-    logs the grid to the sinks), an empty dict otherwise."""
+    logs the grid to the sinks), an empty dict otherwise. ``rewards`` are keyed by the name
+    the scalars carry (``pickscore`` for ``pickscore@/models/ps``)."""
 
     def __init__(
         self,
@@ -125,5 +125,5 @@ def build_watch(
     built on the main process only, it loads its reward models once."""
     if cfg.every == 0:
         return None
-    rewards = {name: build_reward(name) for name in cfg.rewards}
+    rewards = {spec.partition("@")[0]: build_reward(spec) for spec in cfg.rewards}
     return TrainingWatch(backbone, cfg, sinks, rewards)
