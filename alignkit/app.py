@@ -20,10 +20,12 @@ from alignkit.algorithms import ALGORITHMS, build_algorithm, needs_reward
 from alignkit.checkpoint import list_checkpoints, load_checkpoint
 from alignkit.config import validate_config
 from alignkit.data import build_batches
-from alignkit.evaluation import default_prompt_set, evaluate, is_tiny_world_model, results_table
+from alignkit.evaluation import evaluate, results_table
 from alignkit.models import build_backbone
+from alignkit.parts import check_parts, collect_parts
 from alignkit.rewards import build_configured_reward
 from alignkit.sinks import build_sinks
+from alignkit.tinyworld.assets import asset_path
 from alignkit.trainer import Trainer, TrainResult
 from alignkit.watch import build_watch, check_watch_settings
 
@@ -91,8 +93,8 @@ def run(cfg: DictConfig) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
         cfg.output_dir = str(run_dir)
-        cfg.eval.prompts = cfg.eval.prompts or default_prompt_set(cfg.model)
     _check_data_kind(cfg.algo.name, cfg.data.kind)
+    check_parts(collect_parts(cfg))
     check_watch_settings(cfg.eval)
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     seed_everything(cfg.seed)
@@ -138,7 +140,7 @@ def evaluation_enabled(cfg: DictConfig) -> bool:
     """``eval.enabled``, where unset means: only for the tiny world's own model."""
     if cfg.eval.enabled is not None:
         return bool(cfg.eval.enabled)
-    return is_tiny_world_model(cfg.model)
+    return cfg.model.init == "pretrained" and cfg.model.path == asset_path("base_model")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -169,7 +171,6 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str]) -> dict:
     if not checkpoints:
         raise FileNotFoundError(f"{run_dir} has no checkpoint to evaluate")
     cfg = OmegaConf.merge(OmegaConf.load(config_file), OmegaConf.from_dotlist(overrides))
-    cfg.eval.prompts = cfg.eval.prompts or default_prompt_set(cfg.model)
     accelerator = build_accelerator(cfg)
     backbone = build_backbone(cfg.model, accelerator.device, _DTYPES[cfg.trainer.mixed_precision])
     backbone.load_trainable_state_dict(

@@ -56,6 +56,9 @@ class DataConfig:
     # are drawn afresh each epoch, from (seed, epoch, row id).
     random_crop: bool = False  # False: centre crop
     random_flip: bool = True
+    # sample: one draw from the VAE posterior per view (the official scripts' choice; with the
+    # cache on, each row keeps the one draw it got when the cache was built); mode: its mean
+    latents: str = "sample"
     cache: bool = True  # VAE latents + text embeddings encoded once, reused from disk
     cache_dir: str | None = None  # default: $ALIGNKIT_CACHE_DIR, else ~/.cache/alignkit/latents
     max_corrupt_fraction: float = 0.05  # more undecodable pairs than this stops the run
@@ -95,16 +98,18 @@ class LoggerConfig:
 
 @dataclass
 class EvalConfig:
-    # None = auto: on for the tiny world's model (whose prompts and judge these defaults are),
-    # off otherwise; true/false force it.
+    # None = auto: on for the tiny world's model, off otherwise; true/false force it. The
+    # tiny world's prompts and rewards are set by its config (conf/_world/tiny.yaml); a real
+    # model names its own (eval.prompts=/my/prompts.txt eval.rewards=[pickscore]).
     enabled: bool | None = None
-    # tiny_heldout | tiny_train | general | a text file, one prompt a line; None = the model's
-    # default set: tiny_heldout for tiny models, general (a dozen varied prompts) otherwise.
+    # tiny_heldout | tiny_train | general | a text file, one prompt a line. Unset, the watch
+    # (eval.every) samples `general`, a dozen varied prompts (our choice); the final
+    # evaluation needs it set.
     prompts: str | None = None
     seeds_per_prompt: int = 4
     steps: int = 20
     guidance: float = 3.0
-    rewards: list[str] = field(default_factory=lambda: ["oracle", "tiny_clip", "tiny_pickscore"])
+    rewards: list[str] = field(default_factory=list)
     grid_prompts: int = 6
     grid_seeds: int = 3
     batch_size: int = 32
@@ -142,7 +147,7 @@ class Config:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
     algo: Any = MISSING
-    reward: RewardConfig = MISSING
+    reward: RewardConfig = field(default_factory=RewardConfig)  # none unless a recipe picks one
     logger: LoggerConfig = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -172,13 +177,6 @@ def config_group_options() -> dict[str, list[str]]:
     }
 
 
-def asset_path(name: str) -> str:
-    """The folder of a shipped tiny-world artifact (``alignkit/tinyworld/assets/<name>``)."""
-    from importlib.resources import files
-
-    return str(files("alignkit.tinyworld") / "assets" / name)
-
-
 def _describe_groups() -> str:
     return "\n".join(
         f"{group}: {', '.join(options)}" for group, options in config_group_options().items()
@@ -192,6 +190,7 @@ def register_configs() -> None:
     dataclass (``config_class``), so adding an algorithm edits no central table.
     """
     from alignkit.algorithms import ALGORITHMS
+    from alignkit.tinyworld.assets import asset_path
 
     for name, resolver in (("alignkit_groups", _describe_groups), ("alignkit_asset", asset_path)):
         if not OmegaConf.has_resolver(name):

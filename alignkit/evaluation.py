@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
-from alignkit.config import EvalConfig, ModelConfig, asset_path
-from alignkit.data.prompts import GENERAL, load_prompt_list
+from alignkit.config import EvalConfig
+from alignkit.data.prompts import load_prompt_list
 from alignkit.models import Backbone
 from alignkit.rewards import build_reward
 from alignkit.sampling import generate_images
@@ -41,17 +41,6 @@ def win_rate(aligned: torch.Tensor, base: torch.Tensor) -> WinRate:
     rate = outcomes.mean().item()
     half_width = 1.96 * outcomes.std(unbiased=False).item() / math.sqrt(n) if n > 1 else 0.0
     return WinRate(rate, max(0.0, rate - half_width), min(1.0, rate + half_width), n)
-
-
-def is_tiny_world_model(model: ModelConfig) -> bool:
-    """The tiny world's shipped model, whose prompts and judge the eval defaults are."""
-    return model.init == "pretrained" and model.path == asset_path("base_model")
-
-
-def default_prompt_set(model: ModelConfig) -> str:
-    """``eval.prompts`` left unset: the tiny world's held-out prompts for tiny models (the
-    shipped one and the random-init test models), the ``general`` set for real ones."""
-    return "tiny_heldout" if model.init == "random" or is_tiny_world_model(model) else GENERAL
 
 
 def image_grid(base: torch.Tensor, aligned: torch.Tensor, rows: int, cols: int) -> Image.Image:
@@ -77,6 +66,11 @@ def image_grid(base: torch.Tensor, aligned: torch.Tensor, rows: int, cols: int) 
 def evaluate(backbone: Backbone, cfg: EvalConfig, out_dir: str | Path) -> dict:
     """Generate, score, compare; write ``eval.json`` and ``eval_grid.png`` into ``out_dir``."""
     out_dir = Path(out_dir)
+    if not cfg.prompts or not cfg.rewards:
+        raise ValueError(
+            "evaluation needs prompts and rewards: set eval.prompts=<text file, one prompt a "
+            "line> and eval.rewards=[pickscore,...] (the tiny world's model sets its own)"
+        )
     prompts = load_prompt_list(cfg.prompts)
     grid_rows = min(cfg.grid_prompts, len(prompts))
     grid_cols = min(cfg.grid_seeds, cfg.seeds_per_prompt)

@@ -90,7 +90,7 @@ def sample_latents(
     channels = backbone.unet.config.in_channels
     x = initial_noise(seeds, (channels, size, size)).to(backbone.device)
     batch = len(prompts)
-    text = backbone.encode_prompts([""] * batch + list(prompts))
+    text = backbone.encode_guided(prompts)
     micro = default_micro_cond(2 * batch, backbone.resolution, backbone.device)
     for t, alpha_t, alpha_prev in zip(schedule.timesteps, schedule.alpha_t, schedule.alpha_prev):
         timesteps = t.repeat(2 * batch)
@@ -223,7 +223,7 @@ def guided_conditioning(
     backbone: Backbone, prompts: list[str]
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Text conditioning and micro-conditioning laid out ``[uncond; cond]`` for one CFG call."""
-    text = backbone.encode_prompts([""] * len(prompts) + list(prompts))
+    text = backbone.encode_guided(prompts)
     micro = default_micro_cond(2 * len(prompts), backbone.resolution, backbone.device)
     return text, micro
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import torch
 
 from alignkit.config import EvalConfig
-from alignkit.data.prompts import load_prompt_list
+from alignkit.data.prompts import GENERAL, load_prompt_list
 from alignkit.evaluation import image_grid
 from alignkit.models import Backbone
 from alignkit.rewards import REWARDS, Reward, build_reward
@@ -24,6 +24,12 @@ from alignkit.sinks import MetricsSink
 
 #: The image name the sinks receive: ``samples/step_XXXXXXXX.png`` in the run folder.
 SAMPLES = "samples"
+
+
+def watch_prompts(cfg: EvalConfig) -> list[str]:
+    """The first ``every_prompts`` of ``eval.prompts``; unset (a real model whose config
+    names none), of the ``general`` set."""
+    return load_prompt_list(cfg.prompts or GENERAL)[: cfg.every_prompts]
 
 
 @contextmanager
@@ -51,7 +57,7 @@ def check_watch_settings(cfg: EvalConfig) -> None:
             raise ValueError(f"eval.{key}={getattr(cfg, key)} must be at least 1 with eval.every")
     for spec in cfg.rewards:
         REWARDS.get(spec.partition("@")[0])  # name@path: a reward with its local folder
-    load_prompt_list(cfg.prompts)
+    watch_prompts(cfg)
 
 
 class TrainingWatch:
@@ -66,7 +72,7 @@ class TrainingWatch:
         sinks: list[MetricsSink],
         rewards: dict[str, Reward],
     ) -> None:
-        prompts = load_prompt_list(cfg.prompts)[: cfg.every_prompts]
+        prompts = watch_prompts(cfg)
         self.backbone = backbone
         self.cfg = cfg
         self.sinks = sinks

@@ -6,10 +6,10 @@ import sys
 
 import torch
 
-from alignkit.config import asset_path
 from alignkit.data import build_batches
 from alignkit.rewards import build_reward
 from alignkit.tinyworld import heldout_prompts, render
+from alignkit.tinyworld.assets import asset_path
 from tests.helpers import FakeEncoder, compose_config
 
 

@@ -6,8 +6,8 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from alignkit.app import run
-from alignkit.config import asset_path
 from alignkit.tinyworld import fidelity_ok, heldout_prompts
+from alignkit.tinyworld.assets import asset_path
 from alignkit.tinyworld.judge import judge_breakdown
 from tests.helpers import compose_config
 

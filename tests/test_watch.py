@@ -13,17 +13,18 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from alignkit.app import run
 from alignkit.checkpoint import load_checkpoint
-from alignkit.config import EvalConfig, ModelConfig, asset_path
+from alignkit.config import EvalConfig
 from alignkit.data import load_prompt_list
 from alignkit.data.general_prompts import GENERAL_PROMPTS
-from alignkit.evaluation import default_prompt_set, image_grid
+from alignkit.evaluation import image_grid
 from alignkit.models import build_backbone
 from alignkit.registry import UnknownNameError
 from alignkit.rewards import build_reward
 from alignkit.sampling import generate_images
 from alignkit.sinks import JsonlSink
 from alignkit.tinyworld import heldout_prompts
-from alignkit.watch import build_watch, check_watch_settings
+from alignkit.tinyworld.assets import asset_path
+from alignkit.watch import build_watch, check_watch_settings, watch_prompts
 from tests.helpers import compose_config
 from tests.model_helpers import tiny_backbone
 from tests.wandb_records import history
@@ -189,11 +190,12 @@ def test_jsonl_sink_writes_images_beside_the_metrics(tmp_path):
     assert numpy.array_equal(_pixels(written), _pixels(picture))
 
 
-def test_unset_prompts_pick_the_models_default_set():
-    assert default_prompt_set(compose_config().model) == "tiny_heldout"
-    assert default_prompt_set(ModelConfig(name="tiny_sd", init="random")) == "tiny_heldout"
-    assert default_prompt_set(compose_config("model=sd15").model) == "general"
-    assert compose_config("model=sd15").eval.prompts is None
+def test_the_watch_samples_the_configured_prompts_or_the_general_set():
+    tiny = compose_config().eval  # the tiny world's config names its held-out prompts
+    assert watch_prompts(tiny) == heldout_prompts()[:4]
+    real = compose_config("model=sd15").eval  # a real model's config names none
+    assert real.prompts is None
+    assert watch_prompts(real) == list(GENERAL_PROMPTS[:4])
     general = load_prompt_list("general")
     assert general == list(GENERAL_PROMPTS) and len(set(general)) == 12
 

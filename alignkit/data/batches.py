@@ -23,6 +23,9 @@ from alignkit.data.source import resolve_source
 from alignkit.data.stores import PairStore, open_cached_pairs, open_streaming_pairs
 from alignkit.data.transforms import PairTransform
 
+#: data.latents: a VAE posterior sample per view (official) or its mode.
+LATENT_CHOICES = ("sample", "mode")
+
 
 def _check_settings(cfg: DataConfig, resolution: int, batch_size: int) -> None:
     problems = []
@@ -38,6 +41,8 @@ def _check_settings(cfg: DataConfig, resolution: int, batch_size: int) -> None:
         problems.append(
             f"data.max_corrupt_fraction={cfg.max_corrupt_fraction} (must lie in [0, 1])"
         )
+    if cfg.latents not in LATENT_CHOICES:
+        problems.append(f"data.latents={cfg.latents!r} (choose {' or '.join(LATENT_CHOICES)})")
     if cfg.encode_batch_size < 1:
         problems.append(f"data.encode_batch_size={cfg.encode_batch_size} (must be at least 1)")
     if cfg.max_rows is not None and cfg.max_rows < 1:
@@ -60,7 +65,9 @@ class PairBatches:
     ) -> None:
         _check_settings(cfg, resolution, batch_size)
         source = resolve_source(cfg.path, cfg.split)
-        transform = PairTransform(resolution, cfg.random_crop, cfg.random_flip)
+        transform = PairTransform(
+            resolution, cfg.random_crop, cfg.random_flip, cfg.latents == "sample"
+        )
         open_store = open_cached_pairs if cfg.cache else open_streaming_pairs
         self.store: PairStore = open_store(cfg, source, encoder, transform, seed, device)
         self.batch_size = batch_size

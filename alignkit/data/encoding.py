@@ -23,12 +23,15 @@ def encode_pixels(
     pixels: torch.Tensor,
     batch_size: int,
     device: torch.device | str | None = None,
+    generators: list[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """Pixels ``[B, 3, H, W]`` -> latents on the CPU, ``batch_size`` images per encoder call."""
+    """Pixels ``[B, 3, H, W]`` -> latents on the CPU, ``batch_size`` images per encoder call;
+    posterior samples drawn from ``generators`` (one per image), else the posterior mode."""
     chunks = []
     for start in range(0, len(pixels), batch_size):
         chunk = pixels[start : start + batch_size]
-        chunks.append(encoder.encode_images(chunk if device is None else chunk.to(device)))
+        draws = None if generators is None else generators[start : start + batch_size]
+        chunks.append(encoder.encode_images(chunk if device is None else chunk.to(device), draws))
     return torch.cat([chunk.detach().cpu() for chunk in chunks]).contiguous()
 
 
@@ -69,10 +72,14 @@ def encode_views(
     batch_size: int,
     device: torch.device | str | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Winner and loser latents of ``views``."""
-    latents_w = encode_pixels(encoder, torch.stack([v.pixels_w for v in views]), batch_size, device)
-    latents_l = encode_pixels(encoder, torch.stack([v.pixels_l for v in views]), batch_size, device)
-    return latents_w, latents_l
+    """Winner and loser latents of ``views`` (posterior samples when the views carry seeds)."""
+    latents = []
+    for side, pixels in (("w", [v.pixels_w for v in views]), ("l", [v.pixels_l for v in views])):
+        generators = None
+        if views[0].latent_seed is not None:
+            generators = [derived_generator("latent", v.latent_seed, side) for v in views]
+        latents.append(encode_pixels(encoder, torch.stack(pixels), batch_size, device, generators))
+    return latents[0], latents[1]
 
 
 def encode_dataset(

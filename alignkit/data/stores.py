@@ -57,6 +57,7 @@ def cache_key_parts(
         "drop_ties": cfg.drop_ties,
         "random_crop": cfg.random_crop,
         "random_flip": cfg.random_flip,
+        "latents": cfg.latents,
         "seed": seed,
     }
 

@@ -8,8 +8,9 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from alignkit.config import asset_path
+from alignkit import hub
 from alignkit.models.components import Components
+from alignkit.tinyworld.assets import asset_path
 
 
 class ModelLoadError(RuntimeError):
@@ -96,4 +97,19 @@ def load_pretrained_components(
         ]
     else:
         raise ModelLoadError(f"unknown model.family={family!r}; choose 'sd' or 'sdxl'")
-    return Components(family, unet, vae, scheduler, encoders, tokenizers)
+    zeros = family == "sdxl" and _forces_zero_negative_prompt(path, revision)
+    return Components(family, unet, vae, scheduler, encoders, tokenizers, zeros)
+
+
+def _forces_zero_negative_prompt(path: str, revision: str | None) -> bool:
+    """SDXL's ``force_zeros_for_empty_prompt`` from model_index.json; True (diffusers' SDXL
+    pipeline default, SDXL base's value) when the file does not say."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        index = DiffusionPipeline.load_config(
+            path, revision=revision, local_files_only=hub.local_files_only()
+        )
+    except (OSError, ValueError):
+        return True
+    return bool(index.get("force_zeros_for_empty_prompt", True))
