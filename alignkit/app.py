@@ -27,6 +27,7 @@ from alignkit.rewards import build_configured_reward
 from alignkit.sinks import build_sinks
 from alignkit.tinyworld.assets import asset_path
 from alignkit.trainer import Trainer, TrainResult
+from alignkit.watch import build_watch, check_watch_settings
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def run(cfg: DictConfig) -> RunResult:
         cfg.output_dir = str(run_dir)
     _check_data_kind(cfg.algo.name, cfg.data.kind)
     check_parts(collect_parts(cfg))
+    check_watch_settings(cfg.eval)
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     seed_everything(cfg.seed)
     accelerator = build_accelerator(cfg)
@@ -116,9 +118,10 @@ def run(cfg: DictConfig) -> RunResult:
     )
     resumed = trainer.resume()
     sinks = build_sinks(cfg.logger, run_dir, config, resumed) if accelerator.is_main_process else []
+    watch = build_watch(cfg.eval, backbone, sinks) if accelerator.is_main_process else None
     started = time.perf_counter()
     try:
-        result = trainer.fit(sinks)
+        result = trainer.fit(sinks, after_step=watch)
     finally:
         for sink in sinks:
             sink.close()

@@ -105,7 +105,10 @@ class EvalConfig:
     # tiny world's prompts and rewards are set by its config (conf/_world/tiny.yaml); a real
     # model names its own (eval.prompts=/my/prompts.txt eval.rewards=[pickscore]).
     enabled: bool | None = None
-    prompts: str | None = None  # tiny_heldout | tiny_train | a text file, one prompt a line
+    # tiny_heldout | tiny_train | general | a text file, one prompt a line. Unset, the watch
+    # (eval.every) samples `general`, a dozen varied prompts (our choice); the final
+    # evaluation needs it set.
+    prompts: str | None = None
     seeds_per_prompt: int = 4
     steps: int = 20
     guidance: float = 3.0
@@ -113,6 +116,11 @@ class EvalConfig:
     grid_prompts: int = 6
     grid_seeds: int = 3
     batch_size: int = 32
+    # Watching training: every N optimizer steps, sample the first every_prompts prompts with
+    # seeds 0..every_seeds-1, base and policy, and log the grid and reward means (0 = off).
+    every: int = 0  # our choice: off, so a run costs nothing extra unless asked
+    every_prompts: int = 4  # our choice: a few prompts keep each look to seconds
+    every_seeds: int = 2  # our choice: two seeds show whether a change is more than noise
 
 
 @dataclass

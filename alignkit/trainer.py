@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,7 +209,14 @@ class Trainer:
         sums["samples"] = samples * accelerator.num_processes
         return dict(sums)
 
-    def fit(self, sinks: list[MetricsSink]) -> TrainResult:
+    def fit(
+        self,
+        sinks: list[MetricsSink],
+        after_step: Callable[[int], dict[str, float]] | None = None,
+    ) -> TrainResult:
+        """Train to ``max_steps``. ``after_step(step)``, if given, runs after each optimizer
+        step (e.g. the periodic samples of ``alignkit.watch``); the scalars it returns are
+        logged with that step's metrics, even on a step ``log_every`` skips."""
         resumed_from = self.step
         bar = tqdm(
             total=self.cfg.max_steps,
@@ -223,7 +231,10 @@ class Trainer:
                 metrics = self.train_step()
                 elapsed = time.perf_counter() - started
                 metrics["samples_per_s"] = metrics.pop("samples") / max(elapsed, 1e-9)
-                if self.accelerator.is_main_process and self.step % self.cfg.log_every == 0:
+                watched = after_step(self.step) if after_step is not None else {}
+                metrics.update(watched)
+                logged = self.step % self.cfg.log_every == 0 or watched
+                if self.accelerator.is_main_process and logged:
                     for sink in sinks:
                         sink.log(self.step, metrics)
                 bar.update(1)

@@ -15,24 +15,29 @@ import torch
 
 from alignkit import hub
 from alignkit.config import DataConfig
+from alignkit.data.general_prompts import GENERAL_PROMPTS
 from alignkit.data.seeding import derived_generator
 
 TINY_SPLITS = ("tiny_train", "tiny_heldout")
+GENERAL = "general"
 
 
 def load_prompt_list(spec: str) -> list[str]:
-    """``tiny_train`` / ``tiny_heldout`` (the tiny world's splits), a text file (one prompt a
-    line), or a JSON list of prompts or of ``{"caption": ...}`` objects (the SPO authors'
-    4k_training_prompts.json), given as a local path or an ``https://`` URL (downloaded once)."""
+    """``tiny_train`` / ``tiny_heldout`` (the tiny world's splits), ``general`` (a dozen
+    varied prompts for real models), a text file (one prompt a line), or a JSON list of
+    prompts or of ``{"caption": ...}`` objects (the SPO authors' 4k_training_prompts.json),
+    given as a local path or an ``https://`` URL (downloaded once)."""
     if spec in TINY_SPLITS:
         from alignkit.tinyworld import heldout_prompts, train_prompts
 
         return train_prompts() if spec == "tiny_train" else heldout_prompts()
+    if spec == GENERAL:
+        return list(GENERAL_PROMPTS)
     path = hub.resolve_file(spec, "data.path") if hub.is_url(spec) else Path(spec).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
-            f"prompts {spec!r}: no such file; pass {' or '.join(TINY_SPLITS)}, a text file "
-            "with one prompt a line, or a JSON list of prompts"
+            f"prompts {spec!r}: no such file; pass {', '.join((*TINY_SPLITS, GENERAL))}, a "
+            "text file with one prompt a line, or a JSON list of prompts"
         )
     text = path.read_text()
     prompts = _json_prompts(text, path) if path.suffix == ".json" else text.splitlines()
