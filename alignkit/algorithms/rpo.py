@@ -17,7 +17,7 @@ from alignkit.algorithms.registry import ALGORITHMS
 from alignkit.algorithms.rpo_embeddings import EMBEDDINGS, PairEmbeddings, clip_identity
 from alignkit.config import AlgoConfig, asset_path
 from alignkit.data.batch import PairBatch
-from alignkit.data.encoded import EncodedPairs
+from alignkit.data.sharded import ShardedPairs
 from alignkit.losses import dpo_logits, implicit_accuracy, rpo_loss, rpo_weights
 from alignkit.models import Backbone
 from alignkit.rewards.clip import ClipModel
@@ -85,7 +85,7 @@ class DiffusionRPO:
     def prepare(self, batches) -> None:
         """Embed the whole cached dataset once (or load it); streaming data embeds per batch."""
         store = getattr(batches, "store", None)
-        if isinstance(store, EncodedPairs):
+        if isinstance(store, ShardedPairs):
             self.embeddings.prepare(store)
 
     def loss(self, batch: PairBatch, generator: torch.Generator):
