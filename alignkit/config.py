@@ -48,6 +48,9 @@ class DataConfig:
     kind: str = "pairs"  # pairs | prompts
     path: str | None = None  # hub dataset id or local folder of parquet files
     split: str = "train"
+    # our choice: hub ids are downloaded once and memory-mapped; true streams them instead
+    # (nothing downloaded up front; only the cache build, which reads in order, can use it)
+    streaming: bool = False
     max_rows: int | None = None
     drop_ties: bool = True
     caption_dropout: float = 0.0

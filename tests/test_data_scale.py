@@ -220,11 +220,11 @@ def _recording_threads(batches) -> list[str]:
 
 @pytest.mark.parametrize("cache", [True, False])
 def test_prefetched_batches_equal_those_made_in_the_foreground(pair_folder, cache):
-    settings = {"cache": cache, "caption_dropout": 0.3, "batch_size": 3}
+    settings = {"cache": cache, "caption_dropout": 0.3, "batch_size": 5}
     plain = build(pair_folder, **settings)
     prefetched = build(pair_folder, num_workers=2, **settings)
     threads = _recording_threads(prefetched)
-    for index in range(8):
+    for index in range(16):  # 2 batches an epoch: workers run ahead into the next epochs
         assert_same_pairs(plain.batch(index), prefetched.batch(index))
     assert any(name.startswith("alignkit-data") for name in threads)
 
@@ -255,3 +255,28 @@ def test_an_error_in_a_prefetched_batch_surfaces_when_that_batch_is_asked_for():
     assert prefetcher.get(0) == 0 and prefetcher.get(1) == 1
     with pytest.raises(ValueError, match="batch 2 is broken"):
         prefetcher.get(2)
+
+
+# -- a hub dataset streamed ---------------------------------------------------------------
+
+
+def test_a_streamed_hub_dataset_is_read_front_to_back_into_the_same_cache(pair_folder, monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    frame = pair_rows()  # the rows of pair_folder
+    opened = []
+
+    def records():
+        yield from frame.to_dict("records")
+
+    def load_dataset(path, split, streaming=False):
+        if not streaming:
+            raise AssertionError("a streamed dataset must not be downloaded")
+        opened.append(path)
+        return datasets.IterableDataset.from_generator(records)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    streamed = build("someone/pairs", streaming=True, shard_pairs=3)
+    assert len(opened) == 2  # one pass over the labels, one over the rows, in order
+    assert_same_pairs(everything(streamed), everything(build(pair_folder, shard_pairs=3)))
+    with pytest.raises(ValueError, match="data.streaming=true with data.cache=false"):
+        build("someone/pairs", streaming=True, cache=False)

@@ -50,6 +50,11 @@ def _check_settings(cfg: DataConfig, resolution: int, batch_size: int) -> None:
         problems.append(f"data.shard_pairs={cfg.shard_pairs} (must be at least 1)")
     if cfg.num_workers < 0:
         problems.append(f"data.num_workers={cfg.num_workers} (must be 0, no prefetch, or more)")
+    if cfg.streaming and not cfg.cache:
+        problems.append(
+            "data.streaming=true with data.cache=false (a stream is read front to back, so it "
+            "can feed the cache build but not batches in random order; set data.cache=true)"
+        )
     if problems:
         raise ValueError("invalid data settings: " + "; ".join(problems))
 
@@ -69,7 +74,7 @@ class PairBatches:
         num_processes: int = 1,
     ) -> None:
         _check_settings(cfg, resolution, batch_size)
-        source = resolve_source(cfg.path, cfg.split)
+        source = resolve_source(cfg.path, cfg.split, cfg.streaming)
         transform = PairTransform(resolution, cfg.random_crop, cfg.random_flip)
         if cfg.cache:
             self.store: PairStore = open_cached_pairs(
@@ -100,10 +105,12 @@ class PairBatches:
 
     def epoch_order(self, epoch: int) -> torch.Tensor:
         """The pair positions in the order epoch ``epoch`` visits them."""
-        if self._epoch_order[0] != epoch:
+        cached_epoch, order = self._epoch_order  # one read: prefetch threads replace it
+        if cached_epoch != epoch:
             generator = derived_generator("epoch", self.seed, epoch)
-            self._epoch_order = (epoch, torch.randperm(self.num_pairs, generator=generator))
-        return self._epoch_order[1]
+            order = torch.randperm(self.num_pairs, generator=generator)
+            self._epoch_order = (epoch, order)
+        return order
 
     def batch(self, index: int) -> PairBatch:
         """Micro-batch number ``index`` (counted from 0 over all epochs), on the CPU."""

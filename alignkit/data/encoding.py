@@ -89,7 +89,7 @@ def encode_dataset(
     a row's view does not depend on which other rows exist or in which order, or by which
     process, they are encoded.
     """
-    latents_w, latents_l, micro_cond, kept = [], [], [], []
+    latents_w, latents_l, micro_cond, kept, captions = [], [], [], [], []
     for start in range(positions.start, positions.stop, batch_size):
         views = {}
         for position in range(start, min(start + batch_size, positions.stop)):
@@ -97,6 +97,7 @@ def encode_dataset(
             view = view_pair(pairs, position, transform, generator, corrupt)
             if view is not None:
                 views[position] = view
+                captions.append(pairs.caption(position))  # while the row is at hand
         if views:
             encoded_w, encoded_l = encode_views(encoder, list(views.values()), batch_size, device)
             latents_w.append(encoded_w)
@@ -105,7 +106,6 @@ def encode_dataset(
             kept.extend(views)
     if not kept:
         return None
-    captions = [pairs.caption(position) for position in kept]
     prompts = list(dict.fromkeys(captions))
     prompt_index = {prompt: index for index, prompt in enumerate(prompts)}
     return EncodedPairs(

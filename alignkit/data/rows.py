@@ -3,15 +3,17 @@
 A parquet source is indexed by its files' footers alone (row -> file, row group, offset);
 labels are read column-only, and captions and image bytes one row group at a time, with a
 few recent row groups kept for the neighbours that a cache build reads next. A hub dataset
-is already a memory-mapped Arrow table, so its rows are taken from the mapping.
+is already a memory-mapped Arrow table, so its rows are taken from the mapping; streamed
+from the hub, it is read front to back, which is all a cache build needs.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Protocol
 
@@ -21,15 +23,19 @@ import pyarrow.parquet as pq
 
 from alignkit.data.schema import (
     COLUMNS,
+    EXPECTED_SCHEMA,
     LABEL_COLUMNS,
     DataSourceError,
+    SchemaError,
     check_columns,
     normalize_labels,
     normalize_table,
 )
 
-#: Decoded row groups kept in memory (Pick-a-Pic's hold about 100 rows, a few dozen MB).
+#: Decoded row groups kept in memory: the current one and a few before it, never a file.
 ROW_GROUPS_KEPT = 4
+#: Streamed rows kept after reading, so a row asked for again does not restart the stream.
+RECENT_STREAMED_ROWS = 64
 _ROW_COLUMNS = ("caption", "jpg_0", "jpg_1")
 
 
@@ -174,3 +180,92 @@ class ArrowRows:
     def read(self, row_ids: Sequence[int]) -> list[SourceRow]:
         picked = self.table.take(pa.array(row_ids, type=pa.int64())).select(list(COLUMNS))
         return _rows_of(normalize_table(picked, self.where), range(len(row_ids)))
+
+
+def _stream_label(value: object, name: str, where: str) -> float:
+    try:
+        return float("nan") if value is None else float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise SchemaError(
+            f"column {name!r} of {where} holds {value!r}, not a number; {EXPECTED_SCHEMA}"
+        ) from None
+
+
+def _stream_image(value: object, name: str, where: str) -> bytes | None:
+    if isinstance(value, dict):
+        value = value.get("bytes")
+    if value is None or isinstance(value, bytes):
+        return value
+    raise SchemaError(
+        f"column {name!r} of {where} holds {type(value).__name__}, not image bytes; "
+        f"{EXPECTED_SCHEMA}"
+    )
+
+
+class StreamedRows:
+    """A dataset read as a stream of records, front to back (a hub id, ``data.streaming``).
+
+    Nothing is downloaded up front: the labels take one pass over the label columns, and rows
+    are read in increasing order, as the cache build asks for them; asking for a row before
+    the last ``RECENT_STREAMED_ROWS`` starts the stream again.
+    """
+
+    def __init__(
+        self,
+        open_stream: Callable[[Sequence[str] | None], Iterator[dict]],
+        max_rows: int | None,
+        where: str,
+    ) -> None:
+        self._open_stream = open_stream
+        self.max_rows = max_rows
+        self.where = where
+        self._labels: tuple[np.ndarray, np.ndarray] | None = None
+        self._cursor: tuple[int, Iterator[dict]] | None = None
+        self._recent: OrderedDict[int, SourceRow] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _records(self, columns: Sequence[str] | None) -> Iterator[dict]:
+        return islice(self._open_stream(columns), self.max_rows)
+
+    def labels(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._labels is None:
+            values: list[list[float]] = [[], []]
+            for record in self._records(LABEL_COLUMNS):
+                for column, name in zip(values, LABEL_COLUMNS):
+                    column.append(_stream_label(record[name], name, self.where))
+            self._labels = (np.array(values[0], dtype=float), np.array(values[1], dtype=float))
+        return self._labels
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.labels()[0])
+
+    def _seek(self, row_id: int) -> SourceRow:
+        if row_id in self._recent:
+            return self._recent[row_id]
+        if self._cursor is None or self._cursor[0] > row_id:
+            self._cursor = (0, self._records(None))
+        position, records = self._cursor
+        for record in records:
+            position += 1
+            if position - 1 == row_id:
+                self._cursor = (position, records)
+                check_columns(list(record), self.where)
+                caption = record["caption"]
+                if caption is not None and not isinstance(caption, str):
+                    raise SchemaError(
+                        f"column 'caption' of {self.where} holds {type(caption).__name__}, "
+                        f"not text; {EXPECTED_SCHEMA}"
+                    )
+                images = (_stream_image(record[n], n, self.where) for n in ("jpg_0", "jpg_1"))
+                row = SourceRow(caption or "", *images)
+                self._recent[row_id] = row
+                if len(self._recent) > RECENT_STREAMED_ROWS:
+                    self._recent.popitem(last=False)
+                return row
+        raise IndexError(f"row {row_id} is past the end of {self.where} ({position} rows)")
+
+    def read(self, row_ids: Sequence[int]) -> list[SourceRow]:
+        with self._lock:
+            found = {row_id: self._seek(row_id) for row_id in sorted(set(row_ids))}
+        return [found[row_id] for row_id in row_ids]

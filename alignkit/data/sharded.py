@@ -97,12 +97,20 @@ class ShardedPairs:
         return list(zip(shards.tolist(), rows.tolist()))
 
     def read(self, name: str, positions: list[int] | range) -> torch.Tensor:
-        """Tensor ``name`` at ``positions``, stacked; only those rows are read from disk."""
-        rows = [
-            self._shard(shard).get_slice(name)[row : row + 1]
-            for shard, row in self._locate(positions)
-        ]
-        return torch.cat(rows)
+        """Tensor ``name`` at ``positions``, stacked; only those rows are read from disk.
+
+        Neighbouring rows of one shard are read as one slice (a sequential pass reads
+        whole runs).
+        """
+        runs: list[list[int]] = []  # [shard, first row, end row]
+        for shard, row in self._locate(positions):
+            if runs and runs[-1][0] == shard and runs[-1][2] == row:
+                runs[-1][2] += 1
+            else:
+                runs.append([shard, row, row + 1])
+        return torch.cat(
+            [self._shard(shard).get_slice(name)[first:end] for shard, first, end in runs]
+        )
 
     def _text(self, located: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         text: dict[str, list[torch.Tensor]] = {name: [] for name in self.text_names}

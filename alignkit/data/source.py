@@ -10,13 +10,15 @@ contents nor the network.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alignkit.data.rows import ArrowRows, ParquetRows
+from alignkit.data.rows import ArrowRows, ParquetRows, StreamedRows
 from alignkit.data.schema import (
     COLUMNS,
+    IMAGE_COLUMNS,
     DataSourceError,
     SchemaError,
     check_columns,
@@ -53,10 +55,14 @@ class LocalParquet:
 
 @dataclass(frozen=True)
 class HubDataset:
-    """A dataset on the Hugging Face hub (or in its local cache), loaded with ``datasets``."""
+    """A dataset on the Hugging Face hub (or in its local cache), loaded with ``datasets``.
+
+    ``streaming`` reads it over the network as a stream instead of downloading it first.
+    """
 
     name: str
     split: str
+    streaming: bool = False
 
     def describe(self) -> str:
         return f"hub dataset {self.name!r} (split {self.split!r})"
@@ -64,14 +70,30 @@ class HubDataset:
     def identity(self) -> dict[str, Any]:
         return {"hub": self.name, "split": self.split}
 
-    def open(self, max_rows: int | None) -> ArrowRows:
-        """The first ``max_rows`` rows of the memory-mapped dataset (its bytes stay on disk)."""
+    def open(self, max_rows: int | None) -> ArrowRows | StreamedRows:
+        """The first ``max_rows`` rows: memory-mapped (its bytes stay on disk), or streamed."""
+        if self.streaming:
+            return StreamedRows(self._stream, max_rows, self.describe())
         dataset = self._load_dataset()
         check_columns(list(dataset.column_names), self.describe())
         rows = len(dataset) if max_rows is None else min(max_rows, len(dataset))
         return ArrowRows(dataset.with_format("arrow")[0:rows], self.describe())
 
-    def _load_dataset(self) -> Any:
+    def _stream(self, columns: Sequence[str] | None) -> Iterator[dict]:
+        """The records of a fresh stream (only ``columns``, if given), image bytes undecoded."""
+        import datasets
+
+        stream = self._load_dataset(streaming=True)
+        if stream.column_names is not None:  # known up front for most hub datasets
+            check_columns(list(stream.column_names), self.describe())
+        for name in IMAGE_COLUMNS:
+            if isinstance((stream.features or {}).get(name), datasets.Image):
+                stream = stream.cast_column(name, datasets.Image(decode=False))
+        if columns is not None:
+            stream = stream.select_columns(list(columns))
+        return iter(stream)
+
+    def _load_dataset(self, streaming: bool = False) -> Any:
         try:
             import datasets
         except ImportError:
@@ -81,6 +103,8 @@ class HubDataset:
                 "alignkit[hub]); or pass a local folder of parquet files as data.path"
             ) from None
         try:
+            if streaming:
+                return datasets.load_dataset(self.name, split=self.split, streaming=True)
             return datasets.load_dataset(self.name, split=self.split)
         except FileNotFoundError as err:
             raise DataSourceError(
@@ -105,8 +129,13 @@ def _looks_like_hub_id(path: str) -> bool:
     return bool(_HUB_ID.match(path)) and not path.endswith(".parquet")
 
 
-def resolve_source(path: str | None, split: str) -> LocalParquet | HubDataset:
-    """The source that ``data.path`` names, checked for existence but not read."""
+def resolve_source(
+    path: str | None, split: str, streaming: bool = False
+) -> LocalParquet | HubDataset:
+    """The source that ``data.path`` names, checked for existence but not read.
+
+    ``streaming`` applies to hub ids only (local files are read by row group anyway).
+    """
     if not path:
         raise DataSourceError(
             "data.path is not set; pass a folder of parquet files, one .parquet file or a hub "
@@ -127,7 +156,7 @@ def resolve_source(path: str | None, split: str) -> LocalParquet | HubDataset:
     if local.is_file():
         return LocalParquet(local, (local,))
     if _looks_like_hub_id(path):
-        return HubDataset(path, split)
+        return HubDataset(path, split, streaming)
     raise DataSourceError(
         f"data.path={path!r} is neither an existing file or folder nor a hub dataset id "
         "(owner/name); pass an existing folder of parquet files, a .parquet file, or an id "
