@@ -9,7 +9,7 @@ import torch
 
 import alignkit.data.cache_build as cache_build
 from alignkit.config import DataConfig
-from alignkit.data import build_pair_batches
+from alignkit.data import CorruptDataError, build_pair_batches
 from alignkit.data.cache import MANIFEST, CacheWriteError, cache_key, cache_root
 from alignkit.data.cache_build import CachePlan, Encoding, build_shards
 from alignkit.data.pairs import PreferencePairs
@@ -190,6 +190,12 @@ def test_two_processes_build_half_the_shards_each_and_equal_one_process(pair_fol
     assert first.images == 2 * 6  # shards 0 and 2; then it writes the index
     one = build(pair_folder, shard_pairs=3, cache_dir=str(tmp_path / "one"))
     assert_same_pairs(everything(two), everything(one))
+
+
+def test_a_dataset_without_one_decodable_pair_is_one_clear_error(tmp_path):
+    folder = write_pair_folder(tmp_path / "pairs", rows=4, tie_rows=(), corrupt_rows=range(4))
+    with pytest.raises(CorruptDataError, match=r"none of the 4 pairs .* \[0, 1, 2, 3\]"):
+        build(folder, shard_pairs=2, max_corrupt_fraction=1.0)
 
 
 def test_an_unwritable_cache_folder_is_one_clear_error(pair_folder, tmp_path):
