@@ -107,6 +107,8 @@ def run(cfg: DictConfig) -> RunResult:
         batch_size=cfg.trainer.batch_size,
         seed=cfg.seed,
         device=accelerator.device,
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
     )
     reward = build_configured_reward(cfg.reward) if needs_reward(cfg.algo.name) else None
     algorithm = build_algorithm(cfg.algo, backbone, reward=reward)

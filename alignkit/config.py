@@ -51,6 +51,9 @@ class DataConfig:
     kind: str = "pairs"  # pairs | prompts
     path: str | None = None  # hub dataset id or local folder of parquet files
     split: str = "train"
+    # our choice: hub ids are downloaded once and memory-mapped; true streams them instead
+    # (nothing downloaded up front; only the cache build, which reads in order, can use it)
+    streaming: bool = False
     max_rows: int | None = None
     drop_ties: bool = True
     caption_dropout: float = 0.0
@@ -66,6 +69,11 @@ class DataConfig:
     cache_dir: str | None = None  # default: $ALIGNKIT_CACHE_DIR, else ~/.cache/alignkit/latents
     max_corrupt_fraction: float = 0.05  # more undecodable pairs than this stops the run
     encode_batch_size: int = 8  # images (or prompts) per frozen-encoder call
+    # our choice: 1024 SD1.5 pairs make a 128 MB shard of latents (512 MB for SDXL), small
+    # enough that a crash loses little, few enough files for Pick-a-Pic (about 1000)
+    shard_pairs: int = 1024
+    # our choice: two threads make the next batches while one trains; 0 turns prefetch off
+    num_workers: int = 2
 
 
 @dataclass

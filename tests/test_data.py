@@ -227,27 +227,6 @@ def test_changed_data_files_change_the_cache_key(tmp_path):
     assert build(folder, encoder).num_pairs == 15 and encoder.image_calls > 0
 
 
-def test_a_crash_while_writing_leaves_no_cache_that_is_trusted(pair_folder, tmp_path, monkeypatch):
-    import alignkit.data.cache as cache
-
-    real_save_file, written = cache.save_file, []
-
-    def crash_after_first_file(tensors, path):
-        if written:
-            raise KeyboardInterrupt("simulated crash")
-        written.append(path)
-        real_save_file(tensors, path)
-
-    monkeypatch.setattr(cache, "save_file", crash_after_first_file)
-    with pytest.raises(KeyboardInterrupt):
-        build(pair_folder, cache_dir=str(tmp_path / "cache"))
-    assert not any((tmp_path / "cache").iterdir())
-    monkeypatch.setattr(cache, "save_file", real_save_file)
-    encoder = FakeEncoder()
-    build(pair_folder, encoder, cache_dir=str(tmp_path / "cache"))
-    assert encoder.image_calls > 0
-
-
 def test_an_unreadable_cache_is_rebuilt(pair_folder, isolated_latent_cache, caplog):
     build(pair_folder)
     for shard in isolated_latent_cache.glob("*/pairs-*.safetensors"):

@@ -18,7 +18,7 @@ from alignkit.algorithms.registry import ALGORITHMS
 from alignkit.algorithms.rpo_embeddings import EMBEDDINGS, PairEmbeddings, clip_identity
 from alignkit.config import AlgoConfig
 from alignkit.data.batch import PairBatch
-from alignkit.data.encoded import EncodedPairs
+from alignkit.data.sharded import ShardedPairs
 from alignkit.losses import dpo_logits, implicit_accuracy, rpo_loss, rpo_weights
 from alignkit.models import Backbone
 from alignkit.parts import Part
@@ -112,7 +112,7 @@ class DiffusionRPO:
     def prepare(self, batches) -> None:
         """Embed the whole cached dataset once (or load it); streaming data embeds per batch."""
         store = getattr(batches, "store", None)
-        if isinstance(store, EncodedPairs):
+        if isinstance(store, ShardedPairs):
             self.embeddings.prepare(store)
 
     def loss(self, batch: PairBatch, generator: torch.Generator):
