@@ -122,6 +122,10 @@ class TrainerConfig:
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
+    # An exponential moving average of the trainable weights, used for the evaluation and
+    # final/; its decay ramps up as (1 + n) / (10 + n) until it reaches ema_decay.
+    ema: bool = False  # off: our choice (diffusers' training scripts also make --use_ema opt-in)
+    ema_decay: float = 0.9999  # diffusers' EMAModel default (training_utils.EMAModel)
     mixed_precision: str = "no"  # no | fp16 | bf16
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
