@@ -116,7 +116,12 @@ class TrainerConfig:
     lr: float = 1e-5
     lr_schedule: str = "constant"  # constant | warmup | cosine
     warmup_steps: int = 0
-    optimizer: str = "adamw"  # adamw | adafactor
+    optimizer: str = "adamw"  # adamw | adafactor | adamw8bit | custom
+    # optimizer=custom: the dotted path of a torch.optim.Optimizer subclass and its other
+    # arguments as a dict (lr and weight_decay come from trainer.lr and trainer.weight_decay).
+    # The kwargs are typed Any so that a command-line dict replaces the null default.
+    optimizer_target: str | None = None  # none: only optimizer=custom reads it
+    optimizer_kwargs: Any = None  # none: the optimizer's own defaults
     weight_decay: float = 1e-2
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
