@@ -131,6 +131,10 @@ class TrainerConfig:
     # final/; its decay ramps up as (1 + n) / (10 + n) until it reaches ema_decay.
     ema: bool = False  # off: our choice (diffusers' training scripts also make --use_ema opt-in)
     ema_decay: float = 0.9999  # diffusers' EMAModel default (training_utils.EMAModel)
+    # torch.compile the trained UNet's forward; off: our choice (compiling takes minutes on a
+    # small CPU, docs/performance.md)
+    compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile's own default backend
     mixed_precision: str = "no"  # no | fp16 | bf16
     checkpoint_every: int = 500
     keep_checkpoints: int = 2

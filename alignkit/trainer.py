@@ -27,6 +27,7 @@ from alignkit.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from alignkit.compiling import compiled
 from alignkit.config import TrainerConfig
 from alignkit.ema import WeightEMA
 from alignkit.models import Backbone
@@ -42,6 +43,8 @@ RESUMABLE_CHANGES = (
     "trainer.keep_checkpoints",
     "trainer.log_every",
     "trainer.progress_bar",
+    "trainer.compile",
+    "trainer.compile_backend",
     "logger",
     "output_dir",
     "eval",
@@ -117,6 +120,8 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.params)
         self.lr_schedule = build_lr_schedule(cfg, self.optimizer)
         wrapped_unet, self.optimizer = accelerator.prepare(backbone.unet, self.optimizer)
+        if cfg.compile:
+            wrapped_unet = compiled(wrapped_unet, cfg.compile_backend)
         backbone.unet_forward = wrapped_unet
         self.ema = WeightEMA(backbone.unet, cfg.ema_decay) if cfg.ema else None
         self.generator = torch.Generator().manual_seed(seed * 1000 + accelerator.process_index)
