@@ -20,6 +20,7 @@ from alignkit.algorithms import ALGORITHMS, build_algorithm, needs_reward
 from alignkit.checkpoint import list_checkpoints, load_checkpoint
 from alignkit.config import validate_config
 from alignkit.data import build_batches
+from alignkit.ema import copy_average_into
 from alignkit.evaluation import evaluate, results_table
 from alignkit.models import build_backbone
 from alignkit.parts import check_parts, collect_parts
@@ -165,7 +166,8 @@ def write_summary(run_dir: Path, result: TrainResult, seconds: float, device) ->
 
 
 def evaluate_saved_run(run_dir: Path, overrides: list[str]) -> dict:
-    """Evaluate a run folder's newest checkpoint; ``overrides`` are ``key=value`` settings."""
+    """Evaluate a run folder's newest checkpoint (its EMA weights if it kept one);
+    ``overrides`` are ``key=value`` settings."""
     config_file = run_dir / ".hydra" / "config.yaml"
     if not config_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no .hydra/config.yaml)")
@@ -175,7 +177,8 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str]) -> dict:
     cfg = OmegaConf.merge(OmegaConf.load(config_file), OmegaConf.from_dotlist(overrides))
     accelerator = build_accelerator(cfg)
     backbone = build_backbone(cfg.model, accelerator.device, _DTYPES[cfg.trainer.mixed_precision])
-    backbone.load_trainable_state_dict(
-        load_checkpoint(checkpoints[-1], restore_rng=False).trainable
-    )
+    contents = load_checkpoint(checkpoints[-1], restore_rng=False)
+    backbone.load_trainable_state_dict(contents.trainable)
+    if contents.ema:  # trainer.ema: the run's result is the average
+        copy_average_into(backbone.unet, contents.ema)
     return evaluate(backbone, cfg.eval, run_dir)

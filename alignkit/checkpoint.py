@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 _PREFIX = "step_"
 _STATE_FILE = "state.json"
 _ALGORITHM_FILE = "algorithm.safetensors"
+_EMA_FILE = "ema.safetensors"
 
 
 @dataclass
@@ -33,6 +34,8 @@ class CheckpointContents:
     config: dict[str, Any]
     # an algorithm's own state across optimizer steps (e.g. SPO's waiting transitions)
     algorithm: dict[str, torch.Tensor] = field(default_factory=dict)
+    # the moving average of the trainable weights (trainer.ema), by parameter name
+    ema: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def _split_optimizer_state(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -102,6 +105,8 @@ def save_checkpoint(root: str | Path, contents: CheckpointContents, keep: int) -
             {k: v.detach().cpu().contiguous() for k, v in contents.algorithm.items()},
             temporary / _ALGORITHM_FILE,
         )
+    if contents.ema:
+        save_file({k: v.contiguous() for k, v in contents.ema.items()}, temporary / _EMA_FILE)
     state = {
         "step": contents.step,
         "optimizer": optimizer_rest,
@@ -142,7 +147,10 @@ def load_checkpoint(folder: str | Path, restore_rng: bool = True) -> CheckpointC
         lr_scheduler=state["lr_scheduler"],
         generator_state=rng["alignkit_generator"],
         config=state["config"],
-        algorithm=load_file(folder / _ALGORITHM_FILE)
-        if (folder / _ALGORITHM_FILE).is_file()
-        else {},
+        algorithm=_load_if_present(folder / _ALGORITHM_FILE),
+        ema=_load_if_present(folder / _EMA_FILE),
     )
+
+
+def _load_if_present(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(path) if path.is_file() else {}

@@ -139,12 +139,25 @@ class TrainerConfig:
     lr: float = 1e-5
     lr_schedule: str = "constant"  # constant | warmup | cosine
     warmup_steps: int = 0
-    optimizer: str = "adamw"  # adamw | adafactor
+    optimizer: str = "adamw"  # adamw | adafactor | adamw8bit | custom
+    # optimizer=custom: the dotted path of a torch.optim.Optimizer subclass and its other
+    # arguments as a dict (lr and weight_decay come from trainer.lr and trainer.weight_decay).
+    # The kwargs are typed Any so that a command-line dict replaces the null default.
+    optimizer_target: str | None = None  # none: only optimizer=custom reads it
+    optimizer_kwargs: Any = None  # none: the optimizer's own defaults
     weight_decay: float = 1e-2
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
+    # An exponential moving average of the trainable weights, used for the evaluation and
+    # final/; its decay ramps up as (1 + n) / (10 + n) until it reaches ema_decay.
+    ema: bool = False  # off: our choice (diffusers' training scripts also make --use_ema opt-in)
+    ema_decay: float = 0.9999  # diffusers' EMAModel default (training_utils.EMAModel)
+    # torch.compile the trained UNet's forward; off: our choice (compiling takes minutes on a
+    # small CPU, docs/performance.md)
+    compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile's own default backend
     mixed_precision: str = "no"  # no | fp16 | bf16
     checkpoint_every: int = 500
     keep_checkpoints: int = 2

@@ -28,7 +28,9 @@ from alignkit.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from alignkit.compiling import compiled
 from alignkit.config import TrainerConfig
+from alignkit.ema import WeightEMA
 from alignkit.models import Backbone
 from alignkit.optim import build_lr_schedule, build_optimizer
 from alignkit.sinks import MetricsSink
@@ -42,6 +44,8 @@ RESUMABLE_CHANGES = (
     "trainer.keep_checkpoints",
     "trainer.log_every",
     "trainer.progress_bar",
+    "trainer.compile",
+    "trainer.compile_backend",
     "logger",
     "output_dir",
     "eval",
@@ -117,7 +121,10 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.params)
         self.lr_schedule = build_lr_schedule(cfg, self.optimizer)
         wrapped_unet, self.optimizer = accelerator.prepare(backbone.unet, self.optimizer)
+        if cfg.compile:
+            wrapped_unet = compiled(wrapped_unet, cfg.compile_backend)
         backbone.unet_forward = wrapped_unet
+        self.ema = WeightEMA(backbone.unet, cfg.ema_decay) if cfg.ema else None
         self.generator = torch.Generator().manual_seed(seed * 1000 + accelerator.process_index)
         self.step = 0
         self._phase = "idle"  # idle | accumulating | updating: what an interrupt would cut
@@ -156,6 +163,8 @@ class Trainer:
         self.lr_schedule.load_state_dict(contents.lr_scheduler)
         self.generator.set_state(contents.generator_state)
         self._load_algorithm_state(contents.algorithm)
+        if self.ema is not None:
+            self.ema.load_state_dict(contents.ema)
         self.step = contents.step
         log.info("resumed from %s at step %d", checkpoints[-1], self.step)
         return self.step
@@ -169,6 +178,7 @@ class Trainer:
             generator_state=self.generator.get_state(),
             config=self.config,
             algorithm=self._algorithm_state(),
+            ema=self.ema.state_dict() if self.ema is not None else {},
         )
         return save_checkpoint(self.checkpoint_root, contents, self.cfg.keep_checkpoints)
 
@@ -202,6 +212,8 @@ class Trainer:
         sums["lr"] = self.lr_schedule.get_last_lr()[0]
         self._phase = "updating"
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.step)
         self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -248,6 +260,8 @@ class Trainer:
             raise
         finally:
             bar.close()
+        if self.ema is not None:
+            self.ema.copy_to_weights()  # what final/ and the evaluation read from here on
         final_dir = self.run_dir / "final"
         if self.accelerator.is_main_process:
             self.backbone.save_final(final_dir)

@@ -28,13 +28,13 @@ class CountingEncoder(FakeEncoder):
         super().__init__()
         self.images = 0
 
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_images(self, pixels: torch.Tensor, generators=None) -> torch.Tensor:
         self.images += len(pixels)
-        return super().encode_images(pixels)
+        return super().encode_images(pixels, generators)
 
 
 def data_config(path: Path | str, **overrides) -> DataConfig:
-    cfg = DataConfig(name="test", path=str(path), random_flip=False, num_workers=0)
+    cfg = DataConfig(name="test", path=str(path), random_flip=False, num_workers=0, latents="mode")
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
