@@ -3,7 +3,8 @@
 Both models are the same Backbone: the base is the reference prediction (adapters off, or the
 frozen copy), so the comparison costs no second model in memory. Every (prompt, seed) is one
 comparison; the win rate counts ties as one half and carries a 95% normal-approximation
-confidence interval.
+confidence interval. ``eval.json`` keeps every comparison's prompt, seed and scores, so that
+``alignkit.report`` can pair two runs' samples of the same prompt and seed.
 
     python -m alignkit.evaluation <run folder> [key=value ...]   # evaluate a saved run
 """
@@ -74,7 +75,12 @@ def evaluate(backbone: Backbone, cfg: EvalConfig, out_dir: str | Path) -> dict:
     settings = {"steps": cfg.steps, "guidance": cfg.guidance, "batch_size": cfg.batch_size}
     base = generate_images(backbone, every_prompt, seeds, reference=True, **settings)
     aligned = generate_images(backbone, every_prompt, seeds, reference=False, **settings)
-    results: dict = {"prompts": cfg.prompts, "samples": len(every_prompt), "rewards": {}}
+    results: dict = {
+        "prompts": cfg.prompts,
+        "samples": len(every_prompt),
+        "comparisons": {"prompt": every_prompt, "seed": seeds},
+        "rewards": {},
+    }
     for name in cfg.rewards:
         reward = build_reward(name)
         base_scores = reward(base, every_prompt).float()
@@ -83,6 +89,7 @@ def evaluate(backbone: Backbone, cfg: EvalConfig, out_dir: str | Path) -> dict:
             "base": base_scores.mean().item(),
             "aligned": aligned_scores.mean().item(),
             "win_rate": asdict(win_rate(aligned_scores, base_scores)),
+            "scores": {"base": base_scores.tolist(), "aligned": aligned_scores.tolist()},
         }
     picked = [p * cfg.seeds_per_prompt + s for p in range(grid_rows) for s in range(grid_cols)]
     grid = image_grid(base[picked], aligned[picked], grid_rows, grid_cols)
