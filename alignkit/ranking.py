@@ -61,20 +61,26 @@ def rewards_scored(evaluations: list[dict | None]) -> list[str]:
 
 
 def primary_reward(evaluations: list[dict | None], requested: str | None = None) -> str:
-    """``requested``, or else the first reward of the first evaluated run."""
+    """``requested``, or else the first reward of the first evaluated run.
+
+    A reward given with its checkpoint (``pickscore@/models/PickScore_v1``) may be asked for
+    by its name alone.
+    """
     available = rewards_scored(evaluations)
     if not available:
         raise ValueError(
             "no run has an evaluation (eval.json) to rank: run with eval.enabled=true, or "
             "evaluate saved runs with `python -m alignkit.evaluation <run folder>`"
         )
-    if requested is None:
-        return available[0]
-    if requested not in available:
-        raise ValueError(
-            f"--primary {requested}: no run's eval.json scores it; scored: {', '.join(available)}"
-        )
-    return requested
+    if requested is None or requested in available:
+        return requested or available[0]
+    by_name = [spec for spec in available if spec.partition("@")[0] == requested]
+    if len(by_name) == 1:
+        return by_name[0]
+    raise ValueError(
+        f"--primary {requested}: no run's eval.json scores it (or several match); "
+        f"scored: {', '.join(available)}"
+    )
 
 
 def has_comparisons(evaluation: dict | None, reward: str) -> bool:

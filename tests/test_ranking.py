@@ -76,6 +76,10 @@ def test_the_primary_reward_is_the_first_configured_unless_asked():
     assert primary_reward(runs, "aesthetic") == "aesthetic"
     with pytest.raises(ValueError, match="--primary oracle: .*scored: pickscore, hpsv2, aesthetic"):
         primary_reward(runs, "oracle")
+    with_paths = [{"rewards": {"hpsv2@/m/hps.pt": {}, "pickscore@/m/a": {}, "pickscore@/m/b": {}}}]
+    assert primary_reward(with_paths, "hpsv2") == "hpsv2@/m/hps.pt"
+    with pytest.raises(ValueError, match="several match"):
+        primary_reward(with_paths, "pickscore")
     with pytest.raises(ValueError, match="no run has an evaluation"):
         primary_reward([None])
 

@@ -157,7 +157,7 @@ def test_a_reward_only_sweep_ranks_on_its_first_reward_or_the_one_asked(tmp_path
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--primary", "oracle"])
     assert capsys.readouterr().err == (
-        "alignkit: error: --primary oracle: no run's eval.json scores it; "
+        "alignkit: error: --primary oracle: no run's eval.json scores it (or several match); "
         "scored: pickscore, hpsv2\n"
     )
 
