@@ -246,9 +246,13 @@ def ranking_section(
         ]
     else:
         parts.append("No two methods share per-comparison scores to pair.")
-    if left_out:
+    unscored = [m.name for m in methods if reward not in rewards_scored(m.evaluations)]
+    if unscored:
+        parts.append(f"Not evaluated with {reward}: {', '.join(unscored)}.")
+    older = [name for name in left_out if name not in unscored]
+    if older:
         parts.append(
             f"Not paired (their eval.json has no per-comparison {reward} scores: evaluate "
-            f"again with `python -m alignkit.evaluation <run folder>`): {', '.join(left_out)}."
+            f"again with `python -m alignkit.evaluation <run folder>`): {', '.join(older)}."
         )
     return "\n\n".join(parts)

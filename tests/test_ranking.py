@@ -8,6 +8,7 @@ from alignkit.ranking import (
     method_table,
     pool_runs,
     primary_reward,
+    ranking_section,
     win_outcome,
 )
 from alignkit.stats import Interval
@@ -94,3 +95,19 @@ def test_the_method_table_ranks_by_mean_with_an_interval_over_runs():
     # win rates 0.625 and 0.625 (no spread). b: one run, 0.475 and 37.5%, no interval
     assert rows[2] == "| 1 | a | 2 | 0.5375 (0.3787–0.6963) | 62.5% (62.5%–62.5%) | 4 | 10 | 200 |"
     assert rows[3] == "| 2 | b | 1 | 0.475 | 37.5% | 4 | 5 | 100 |"
+
+
+def test_the_section_names_methods_left_out_and_why():
+    old_format = {
+        "rewards": {"score": {"base": 0.5, "aligned": 0.6, "win_rate": {"rate": 1, "n": 4}}}
+    }
+    methods = [
+        MethodRuns("a", A_RUNS),
+        MethodRuns("b", B_RUNS),
+        MethodRuns("old", [old_format]),
+        MethodRuns("other reward", [_evaluation(BASE, BASE, reward="clip")]),
+    ]
+    section = ranking_section(methods, "score")
+    assert "| a | b | 4 (2) |" in section
+    assert "Not evaluated with score: other reward." in section
+    assert section.endswith("evaluation <run folder>`): old.")
