@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,6 +29,9 @@ EXPECTED_SCHEMA = (
     "  label_0  float                  1 if jpg_0 is preferred, 0 if not, 0.5 for a tie\n"
     "  label_1  float                  1 if jpg_1 is preferred, 0 if not, 0.5 for a tie"
 )
+if TYPE_CHECKING:
+    from alignkit.data.style_folder import StyleFolder
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _READ_BATCH_ROWS = 1024
 
@@ -197,14 +200,22 @@ def _looks_like_hub_id(path: str) -> bool:
     return bool(_HUB_ID.match(path)) and not path.endswith(".parquet")
 
 
-def resolve_source(path: str | None, split: str) -> LocalParquet | HubDataset:
-    """The source that ``data.path`` names, checked for existence but not read."""
+def resolve_source(path: str | None, split: str) -> LocalParquet | HubDataset | StyleFolder:
+    """The source that ``data.path`` names, checked for existence but not read.
+
+    A folder with ``original/`` and ``styled/`` image folders is read as style pairs
+    (``alignkit.data.style_folder``); any other folder as parquet files.
+    """
     if not path:
         raise DataSourceError(
             "data.path is not set; pass a folder of parquet files, one .parquet file or a hub "
             "dataset id, e.g. data.path=/data/my_pairs or data.path=yuvalkirstain/pickapic_v2"
         )
     local = Path(path).expanduser()
+    from alignkit.data.style_folder import StyleFolder, is_style_folder
+
+    if local.is_dir() and is_style_folder(local):
+        return StyleFolder.open(local)
     if local.is_dir():
         files = sorted(
             (file for file in local.rglob("*.parquet") if file.is_file()),
