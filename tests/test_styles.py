@@ -1,6 +1,8 @@
 """The tiny world's styles: exact scores, transforms, the shipped style pairs and the rewards."""
 
 import math
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -124,3 +126,23 @@ def test_config_options_pick_the_style():
     assert reward.style == "stripes"
     with pytest.raises(ValueError, match="unknown data.style='oil'"):
         _ = compose_config("data=tiny_style_pairs", "data.style=oil").data.path
+
+
+def test_an_unknown_style_on_the_command_line_is_one_error_line(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "alignkit",
+            "data=tiny_style_pairs",
+            "data.style=oil",
+            f"output_dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "alignkit: error: ValueError raised while resolving interpolation: unknown "
+        "data.style='oil'; choose one of: sketch, winter, stripes"
+    ]
