@@ -57,7 +57,9 @@ def decode_png(data: bytes) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).double() / 255.0
 
 
-def original_renders(prompts: Sequence[str], per_prompt: int, seed: int) -> tuple[list, np.ndarray]:
+def original_renders(
+    prompts: Sequence[str], per_prompt: int, seed: int
+) -> tuple[list[str], np.ndarray]:
     """Captions and uint8 model-view originals; render seeds ``seed * per_prompt + j``."""
     rows = [(p, seed * per_prompt + j) for p in prompts for j in range(per_prompt)]
     renders = np.stack([render(p, s) for p, s in rows])
