@@ -7,6 +7,7 @@ import sys
 
 import hydra
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from alignkit.config import register_configs
 from alignkit.models import ModelLoadError
@@ -36,7 +37,10 @@ def main(cfg: DictConfig) -> None:
     except USER_ERRORS as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"alignkit: error: {error}", file=sys.stderr)
+        message = str(error)
+        if isinstance(error, OmegaConfBaseException):  # drop OmegaConf's full_key/type lines
+            message = message.splitlines()[0]
+        print(f"alignkit: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -55,6 +55,7 @@ class DataConfig:
     # (nothing downloaded up front; only the cache build, which reads in order, can use it)
     streaming: bool = False
     max_rows: int | None = None
+    style: str | None = None  # data=tiny_style_pairs: sketch | winter | stripes
     drop_ties: bool = True
     caption_dropout: float = 0.0
     # Winner and loser always share one crop and flip. With cache=true each row's crop and
@@ -93,6 +94,9 @@ class RewardConfig:
     model_name: str | None = None  # an open_clip architecture name, used with checkpoint
     processor: str | None = None  # pickscore: the image processor / tokenizer folder
     head: str | None = None  # aesthetic: the MLP head's weights file
+    style: str | None = None  # tiny_style: sketch | winter | stripes
+    style_prompt: str | None = None  # clip_style: the text that names the style
+    neutral_prompt: str | None = None  # clip_style: the baseline text
     # combo: {reward name: weight} and {reward name: {setting: value}}. Typed Any (not dict) so
     # that a command-line dict replaces the null default instead of merging into a closed struct.
     weights: Any = None
@@ -201,6 +205,14 @@ def config_group_options() -> dict[str, list[str]]:
     }
 
 
+def style_pairs_path(style: str) -> str:
+    """The shipped pairs of one style (``data=tiny_style_pairs data.style=...``), checked."""
+    from alignkit.tinyworld.assets import asset_path
+    from alignkit.tinyworld.styles import get_style
+
+    return asset_path(f"style_pairs/{get_style(style, setting='data.style').name}")
+
+
 def _describe_groups() -> str:
     return "\n".join(
         f"{group}: {', '.join(options)}" for group, options in config_group_options().items()
@@ -216,7 +228,12 @@ def register_configs() -> None:
     from alignkit.algorithms import ALGORITHMS
     from alignkit.tinyworld.assets import asset_path
 
-    for name, resolver in (("alignkit_groups", _describe_groups), ("alignkit_asset", asset_path)):
+    resolvers = (
+        ("alignkit_groups", _describe_groups),
+        ("alignkit_asset", asset_path),
+        ("alignkit_style_pairs", style_pairs_path),
+    )
+    for name, resolver in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, resolver)
     store = ConfigStore.instance()

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from alignkit.data.rows import ArrowRows, ParquetRows, StreamedRows
 from alignkit.data.schema import (
@@ -25,6 +25,9 @@ from alignkit.data.schema import (
 )
 
 __all__ = ["COLUMNS", "DataSourceError", "HubDataset", "LocalParquet", "SchemaError"]
+
+if TYPE_CHECKING:
+    from alignkit.data.style_folder import StyleFolder
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
@@ -131,10 +134,12 @@ def _looks_like_hub_id(path: str) -> bool:
 
 def resolve_source(
     path: str | None, split: str, streaming: bool = False
-) -> LocalParquet | HubDataset:
+) -> LocalParquet | HubDataset | StyleFolder:
     """The source that ``data.path`` names, checked for existence but not read.
 
-    ``streaming`` applies to hub ids only (local files are read by row group anyway).
+    ``streaming`` applies to hub ids only (local files are read by row group anyway). A
+    folder with ``original/`` and ``styled/`` image folders is read as style pairs
+    (``alignkit.data.style_folder``); any other folder as parquet files.
     """
     if not path:
         raise DataSourceError(
@@ -142,6 +147,10 @@ def resolve_source(
             "dataset id, e.g. data.path=/data/my_pairs or data.path=yuvalkirstain/pickapic_v2"
         )
     local = Path(path).expanduser()
+    from alignkit.data.style_folder import StyleFolder, is_style_folder
+
+    if local.is_dir() and is_style_folder(local):
+        return StyleFolder.scan(local)
     if local.is_dir():
         files = sorted(
             (file for file in local.rglob("*.parquet") if file.is_file()),

@@ -14,19 +14,32 @@ from typing import Any
 from alignkit.rewards import (  # noqa: F401  (each registers its rewards)
     aesthetic,
     clip,
+    clip_style,
     combo,
     hps,
     lowlevel,
     oracle,
     pickscore,
     preference,
+    style,
 )
 from alignkit.rewards.registry import REWARDS, Reward
 
 __all__ = ["REWARDS", "Reward", "build_configured_reward", "build_reward"]
 
 #: RewardConfig fields handed to the reward's constructor when set.
-OPTION_KEYS = ("path", "checkpoint", "model_name", "processor", "head", "weights", "options")
+OPTION_KEYS = (
+    "path",
+    "checkpoint",
+    "model_name",
+    "processor",
+    "head",
+    "weights",
+    "options",
+    "style",
+    "style_prompt",
+    "neutral_prompt",
+)
 
 
 def build_reward(spec: str, **options: Any) -> Reward:
