@@ -8,8 +8,10 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from alignkit.checkpoint import CheckpointWriteError
 from alignkit.config import register_configs
 from alignkit.models import ModelLoadError
+from alignkit.preemption import Preempted
 from alignkit.registry import UnknownNameError
 from alignkit.trainer import ConfigMismatchError
 
@@ -24,6 +26,7 @@ USER_ERRORS = (
     ModelLoadError,
     ConfigMismatchError,
     FloatingPointError,
+    CheckpointWriteError,
 )
 
 
@@ -33,6 +36,10 @@ def main(cfg: DictConfig) -> None:
 
     try:
         run(cfg)
+    except Preempted as stop:
+        print(f"alignkit: {stop}", file=sys.stderr)
+        stop.hand_on()  # e.g. submitit's handler: requeues the job and exits on its own
+        sys.exit(stop.exit_code)
     except USER_ERRORS as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
