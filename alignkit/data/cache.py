@@ -6,8 +6,9 @@ latents_l, micro_cond, text_index per row), ``prompts-NNNNN.safetensors`` (one `
 tensor per encoder output, per distinct prompt) and ``empty_prompt.safetensors`` (the
 encoding of "" for caption dropout). Shards keep any one file small.
 
-A cache is built in a hidden temporary folder beside its final place and renamed into it
-only when complete, so a crash never leaves a half-written folder that a later run trusts.
+A cache is built in a hidden temporary folder beside its final place, synced to disk and
+renamed into it only when complete, so a crash never leaves a half-written folder that a
+later run trusts.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from alignkit.data.encoded import EncodedPairs
+from alignkit.durable import fsync_path, fsync_tree
 
 CACHE_FORMAT = 1
 CACHE_DIR_ENV = "ALIGNKIT_CACHE_DIR"
@@ -104,11 +106,13 @@ def save_encoded(encoded: EncodedPairs, folder: Path, record: dict[str, Any]) ->
             "prompt_shards": prompt_shards,
         }
         (staging / MANIFEST).write_text(json.dumps(manifest))
+        fsync_tree(staging)
         try:
             staging.rename(folder)
         except OSError:
             if not (folder / MANIFEST).is_file():
                 raise
+        fsync_path(folder.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
