@@ -79,7 +79,15 @@ def build_accelerator(cfg: DictConfig) -> Accelerator:
             "mixed precision fp16 (trainer.mixed_precision, or accelerate's setting when that "
             "is unset) needs a GPU; on the CPU set trainer.mixed_precision=no or bf16"
         )
-    return Accelerator(mixed_precision=precision, cpu=cfg.trainer.cpu)
+    accelerator = Accelerator(mixed_precision=precision, cpu=cfg.trainer.cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:
+        raise ValueError(
+            f"launched as {launched} processes but accelerate set up {accelerator.num_processes}"
+            " (each would train alone); without GPUs add trainer.cpu=true, which runs them "
+            "over gloo on the CPU"
+        )
+    return accelerator
 
 
 def check_resolution(resolution: int) -> None:
