@@ -169,7 +169,7 @@ def config_group_options() -> dict[str, list[str]]:
             item.name[: -len(".yaml")] for item in group.iterdir() if item.name.endswith(".yaml")
         )
         for group in sorted(root.iterdir(), key=lambda entry: entry.name)
-        if group.is_dir() and not group.name.startswith(("_", "."))
+        if group.is_dir() and not group.name.startswith(("_", ".")) and group.name != "hydra"
     }
 
 
