@@ -54,6 +54,21 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.output_dir)
 
 
+def agree_on_run_dir(run_dir: Path, accelerator: Accelerator) -> Path:
+    """The main process's run folder, for every process: a clock-named output_dir is
+    resolved by each process on its own and may differ between them."""
+    if accelerator.num_processes == 1:
+        return run_dir
+    from accelerate.utils import broadcast_object_list
+
+    agreed = Path(broadcast_object_list([str(run_dir)])[0])
+    if agreed != run_dir:
+        log.warning(
+            "process %d uses the main process's run folder %s", accelerator.process_index, agreed
+        )
+    return agreed
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -125,19 +140,17 @@ def run(cfg: DictConfig) -> RunResult:
     validate_config(cfg)
     _check_required(cfg)
     check_resolution(cfg.model.resolution)
-    run_dir = resolve_run_dir(cfg)
+    _check_data_kind(cfg.algo.name, cfg.data.kind)
+    accelerator = build_accelerator(cfg)
+    run_dir = agree_on_run_dir(resolve_run_dir(cfg), accelerator)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open_dict(cfg):
         cfg.output_dir = str(run_dir)
-        cfg.trainer.mixed_precision = resolve_mixed_precision(
-            cfg.trainer.mixed_precision, os.environ
-        )
-    _check_data_kind(cfg.algo.name, cfg.data.kind)
+        cfg.trainer.mixed_precision = accelerator.mixed_precision  # as resolved, for the record
     config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     # before anything is written: a refused resume leaves the run folder as it was
     refuse_changed_settings(run_dir / "checkpoints", run_dir, config)
     seed_everything(cfg.seed)
-    accelerator = build_accelerator(cfg)
     if accelerator.is_main_process:
         write_run_record(run_dir, cfg)
     backbone = build_backbone(cfg.model, accelerator.device, _DTYPES[cfg.trainer.mixed_precision])

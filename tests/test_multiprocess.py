@@ -109,8 +109,7 @@ def test_two_process_dpo_stopped_by_sigterm_resumes_to_the_uninterrupted_weights
         assert torch.equal(expected[key], got[key]), key
 
 
-def test_two_process_spo_run_finishes_with_each_ranks_state(tmp_path):
-    run_dir = tmp_path / "spo"
+def test_two_process_spo_run_finishes_in_one_run_folder_with_each_ranks_state(tmp_path):
     _finish(
         _launch(
             "model=tiny_sd",
@@ -125,9 +124,11 @@ def test_two_process_spo_run_finishes_with_each_ranks_state(tmp_path):
             "trainer.batch_size=2",
             "trainer.max_steps=2",
             "eval.enabled=false",
-            f"output_dir={run_dir}",
+            # named by the clock down to the microsecond: each process resolves its own name
+            f"output_dir={tmp_path}/spo_${{now:%H-%M-%S-%f}}",
         )
     )
+    (run_dir,) = [folder for folder in tmp_path.iterdir() if (folder / "metrics.jsonl").exists()]
     assert _steps(run_dir) == [1, 2]
     (last,) = list_checkpoints(run_dir / "checkpoints")
     _assert_both_ranks_saved(last)

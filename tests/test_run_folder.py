@@ -62,6 +62,7 @@ def test_refused_resume_leaves_the_run_folder_byte_for_byte_untouched(tmp_path):
     assert overrides == command
     recorded = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
     assert recorded["trainer"]["max_steps"] == 2 and recorded["output_dir"] == str(run_dir)
+    assert recorded["trainer"]["mixed_precision"] == "no"  # null resolved: accelerate set none
     assert (run_dir / ".hydra" / "hydra.yaml").is_file()
     before = _snapshot(run_dir)
 
