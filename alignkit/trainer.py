@@ -153,6 +153,7 @@ class Trainer:
         wrapped_unet, self.optimizer = accelerator.prepare(backbone.unet, self.optimizer)
         backbone.unet_forward = wrapped_unet
         self.generator = torch.Generator().manual_seed(seed * 1000 + accelerator.process_index)
+        self.preempt_signals = parse_signals(cfg.preempt_signals)  # a bad name fails here
         self.step = 0
         self._phase = "idle"  # idle | accumulating | updating: what an interrupt would cut
         self._step_start_generator = self.generator.get_state()
@@ -276,7 +277,7 @@ class Trainer:
             disable=not (self.cfg.progress_bar and self.accelerator.is_main_process),
             dynamic_ncols=True,
         )
-        watch = SignalWatch(parse_signals(self.cfg.preempt_signals))
+        watch = SignalWatch(self.preempt_signals)
         preempted = False
         try:
             with watch:
