@@ -20,14 +20,18 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from alignkit.algorithms import ALGORITHMS, build_algorithm, needs_reward
 from alignkit.checkpoint import list_checkpoints, load_checkpoint
-from alignkit.config import asset_path, validate_config
+from alignkit.config import validate_config
 from alignkit.data import build_batches
+from alignkit.ema import copy_average_into
 from alignkit.evaluation import evaluate, results_table
 from alignkit.models import build_backbone
+from alignkit.parts import check_parts, collect_parts
 from alignkit.rewards import build_configured_reward
 from alignkit.run_record import write_run_record
 from alignkit.sinks import build_sinks
+from alignkit.tinyworld.assets import asset_path
 from alignkit.trainer import Trainer, TrainResult, refuse_changed_settings
+from alignkit.watch import build_watch, check_watch_settings
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +145,8 @@ def run(cfg: DictConfig) -> RunResult:
     _check_required(cfg)
     check_resolution(cfg.model.resolution)
     _check_data_kind(cfg.algo.name, cfg.data.kind)
+    check_parts(collect_parts(cfg))
+    check_watch_settings(cfg.eval)
     accelerator = build_accelerator(cfg)
     run_dir = agree_on_run_dir(resolve_run_dir(cfg), accelerator)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +167,8 @@ def run(cfg: DictConfig) -> RunResult:
         batch_size=cfg.trainer.batch_size,
         seed=cfg.seed,
         device=accelerator.device,
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
     )
     reward = build_configured_reward(cfg.reward) if needs_reward(cfg.algo.name) else None
     algorithm = build_algorithm(cfg.algo, backbone, reward=reward)
@@ -172,9 +180,10 @@ def run(cfg: DictConfig) -> RunResult:
     )
     resumed = trainer.resume()
     sinks = build_sinks(cfg.logger, run_dir, config, resumed) if accelerator.is_main_process else []
+    watch = build_watch(cfg.eval, backbone, sinks) if accelerator.is_main_process else None
     started = time.perf_counter()
     try:
-        result = trainer.fit(sinks)
+        result = trainer.fit(sinks, after_step=watch)
     finally:
         for sink in sinks:
             sink.close()
@@ -216,7 +225,8 @@ def write_summary(run_dir: Path, result: TrainResult, seconds: float, device) ->
 
 
 def evaluate_saved_run(run_dir: Path, overrides: list[str]) -> dict:
-    """Evaluate a run folder's newest checkpoint; ``overrides`` are ``key=value`` settings."""
+    """Evaluate a run folder's newest checkpoint (its EMA weights if it kept one);
+    ``overrides`` are ``key=value`` settings."""
     config_file = run_dir / ".hydra" / "config.yaml"
     if not config_file.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no .hydra/config.yaml)")
@@ -226,5 +236,8 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str]) -> dict:
     cfg = OmegaConf.merge(OmegaConf.load(config_file), OmegaConf.from_dotlist(overrides))
     accelerator = build_accelerator(cfg)
     backbone = build_backbone(cfg.model, accelerator.device, _DTYPES[accelerator.mixed_precision])
-    backbone.load_trainable_state_dict(load_checkpoint(checkpoints[-1]).trainable)
+    contents = load_checkpoint(checkpoints[-1])
+    backbone.load_trainable_state_dict(contents.trainable)
+    if contents.ema:  # trainer.ema: the run's result is the average
+        copy_average_into(backbone.unet, contents.ema)
     return evaluate(backbone, cfg.eval, run_dir)

@@ -18,10 +18,11 @@ import time
 
 import torch
 
-from alignkit.config import ModelConfig, asset_path
+from alignkit.config import ModelConfig
 from alignkit.models import build_backbone
 from alignkit.pool_sampler import PoolConfig, PoolSampler
 from alignkit.sampling import sample_with_log_probs
+from alignkit.tinyworld.assets import asset_path
 
 
 def _count_unet_rows(backbone) -> list[int]:
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--k", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--divert-start-step", type=int, default=4)
-    parser.add_argument("--num-inner-steps", type=int, default=1)
+    parser.add_argument("--num-inner-steps", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--spm", default="tiny_random", help="tiny_random | a ClipModel folder")
     parser.add_argument("--out", default=None, help="write the result as JSON here too")

@@ -36,6 +36,7 @@ _STAGING_PREFIX = ".incomplete_"
 _STATE_FILE = "state.json"
 _GENERATOR = "alignkit_generator"
 _ALGORITHM_PREFIX = "algorithm."
+_EMA_FILE = "ema.safetensors"
 # single-process checkpoints written before per-rank state: rank 0's state lived here
 _LEGACY_RNG_FILE = "rng.safetensors"
 _LEGACY_ALGORITHM_FILE = "algorithm.safetensors"
@@ -55,6 +56,8 @@ class CheckpointContents:
     lr_scheduler: dict[str, Any]
     config: dict[str, Any]
     num_processes: int = 1
+    # the moving average of the trainable weights (trainer.ema), by parameter name
+    ema: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass
@@ -172,6 +175,8 @@ def publish_checkpoint(root: str | Path, contents: CheckpointContents, keep: int
             staging / "trainable.safetensors",
         )
         save_file(optimizer_tensors, staging / "optimizer.safetensors")
+        if contents.ema:
+            save_file({k: v.contiguous() for k, v in contents.ema.items()}, staging / _EMA_FILE)
         state = {
             "step": contents.step,
             "num_processes": contents.num_processes,
@@ -226,6 +231,7 @@ def load_checkpoint(folder: str | Path) -> CheckpointContents:
         lr_scheduler=state["lr_scheduler"],
         config=state["config"],
         num_processes=state.get("num_processes", 1),
+        ema=load_file(folder / _EMA_FILE) if (folder / _EMA_FILE).is_file() else {},
     )
 
 

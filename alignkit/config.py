@@ -23,6 +23,9 @@ class LoRAConfig:
     # peft's init_lora_weights: "gaussian" | "true" (kaiming A, zero B) | "pissa" | ...
     init: str = "gaussian"
     dropout: float = 0.0
+    # our choice: None, a fresh adapter from ``init``; a path starts from that LoRA file
+    # (diffusers or kohya/webui layout, detected; docs/export.md)
+    load: str | None = None
 
 
 @dataclass
@@ -48,6 +51,9 @@ class DataConfig:
     kind: str = "pairs"  # pairs | prompts
     path: str | None = None  # hub dataset id or local folder of parquet files
     split: str = "train"
+    # our choice: hub ids are downloaded once and memory-mapped; true streams them instead
+    # (nothing downloaded up front; only the cache build, which reads in order, can use it)
+    streaming: bool = False
     max_rows: int | None = None
     drop_ties: bool = True
     caption_dropout: float = 0.0
@@ -56,10 +62,18 @@ class DataConfig:
     # are drawn afresh each epoch, from (seed, epoch, row id).
     random_crop: bool = False  # False: centre crop
     random_flip: bool = True
+    # sample: one draw from the VAE posterior per view (the official scripts' choice; with the
+    # cache on, each row keeps the one draw it got when the cache was built); mode: its mean
+    latents: str = "sample"
     cache: bool = True  # VAE latents + text embeddings encoded once, reused from disk
     cache_dir: str | None = None  # default: $ALIGNKIT_CACHE_DIR, else ~/.cache/alignkit/latents
     max_corrupt_fraction: float = 0.05  # more undecodable pairs than this stops the run
     encode_batch_size: int = 8  # images (or prompts) per frozen-encoder call
+    # our choice: 1024 SD1.5 pairs make a 128 MB shard of latents (512 MB for SDXL), small
+    # enough that a crash loses little, few enough files for Pick-a-Pic (about 1000)
+    shard_pairs: int = 1024
+    # our choice: two threads make the next batches while one trains; 0 turns prefetch off
+    num_workers: int = 2
 
 
 @dataclass
@@ -95,17 +109,26 @@ class LoggerConfig:
 
 @dataclass
 class EvalConfig:
-    # None = auto: on for the tiny world's model (whose prompts and judge these defaults are),
-    # off otherwise; true/false force it.
+    # None = auto: on for the tiny world's model, off otherwise; true/false force it. The
+    # tiny world's prompts and rewards are set by its config (conf/_world/tiny.yaml); a real
+    # model names its own (eval.prompts=/my/prompts.txt eval.rewards=[pickscore]).
     enabled: bool | None = None
-    prompts: str = "tiny_heldout"  # tiny_heldout | tiny_train | a text file, one prompt a line
+    # tiny_heldout | tiny_train | general | a text file, one prompt a line. Unset, the watch
+    # (eval.every) samples `general`, a dozen varied prompts (our choice); the final
+    # evaluation needs it set.
+    prompts: str | None = None
     seeds_per_prompt: int = 4
     steps: int = 20
     guidance: float = 3.0
-    rewards: list[str] = field(default_factory=lambda: ["oracle", "tiny_clip", "tiny_pickscore"])
+    rewards: list[str] = field(default_factory=list)
     grid_prompts: int = 6
     grid_seeds: int = 3
     batch_size: int = 32
+    # Watching training: every N optimizer steps, sample the first every_prompts prompts with
+    # seeds 0..every_seeds-1, base and policy, and log the grid and reward means (0 = off).
+    every: int = 0  # our choice: off, so a run costs nothing extra unless asked
+    every_prompts: int = 4  # our choice: a few prompts keep each look to seconds
+    every_seeds: int = 2  # our choice: two seeds show whether a change is more than noise
 
 
 @dataclass
@@ -116,12 +139,25 @@ class TrainerConfig:
     lr: float = 1e-5
     lr_schedule: str = "constant"  # constant | warmup | cosine
     warmup_steps: int = 0
-    optimizer: str = "adamw"  # adamw | adafactor
+    optimizer: str = "adamw"  # adamw | adafactor | adamw8bit | custom
+    # optimizer=custom: the dotted path of a torch.optim.Optimizer subclass and its other
+    # arguments as a dict (lr and weight_decay come from trainer.lr and trainer.weight_decay).
+    # The kwargs are typed Any so that a command-line dict replaces the null default.
+    optimizer_target: str | None = None  # none: only optimizer=custom reads it
+    optimizer_kwargs: Any = None  # none: the optimizer's own defaults
     weight_decay: float = 1e-2
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
     max_grad_norm: float = 1.0
+    # An exponential moving average of the trainable weights, used for the evaluation and
+    # final/; its decay ramps up as (1 + n) / (10 + n) until it reaches ema_decay.
+    ema: bool = False  # off: our choice (diffusers' training scripts also make --use_ema opt-in)
+    ema_decay: float = 0.9999  # diffusers' EMAModel default (training_utils.EMAModel)
+    # torch.compile the trained UNet's forward; off: our choice (compiling takes minutes on a
+    # small CPU, docs/performance.md)
+    compile: bool = False
+    compile_backend: str = "inductor"  # torch.compile's own default backend
     # no | fp16 | bf16; None (our choice): as `accelerate config` / `accelerate launch
     # --mixed_precision` say, else "no"
     mixed_precision: str | None = None
@@ -142,7 +178,7 @@ class Config:
     model: ModelConfig = MISSING
     data: DataConfig = MISSING
     algo: Any = MISSING
-    reward: RewardConfig = MISSING
+    reward: RewardConfig = field(default_factory=RewardConfig)  # none unless a recipe picks one
     logger: LoggerConfig = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -173,13 +209,6 @@ def config_group_options() -> dict[str, list[str]]:
     }
 
 
-def asset_path(name: str) -> str:
-    """The folder of a shipped tiny-world artifact (``alignkit/tinyworld/assets/<name>``)."""
-    from importlib.resources import files
-
-    return str(files("alignkit.tinyworld") / "assets" / name)
-
-
 def _describe_groups() -> str:
     return "\n".join(
         f"{group}: {', '.join(options)}" for group, options in config_group_options().items()
@@ -193,6 +222,7 @@ def register_configs() -> None:
     dataclass (``config_class``), so adding an algorithm edits no central table.
     """
     from alignkit.algorithms import ALGORITHMS
+    from alignkit.tinyworld.assets import asset_path
 
     for name, resolver in (("alignkit_groups", _describe_groups), ("alignkit_asset", asset_path)):
         if not OmegaConf.has_resolver(name):

@@ -1,9 +1,12 @@
 """Evaluation: base vs aligned on a prompt set x seeds, scored by rewards, with a picture.
 
 Both models are the same Backbone: the base is the reference prediction (adapters off, or the
-frozen copy), so the comparison costs no second model in memory. Every (prompt, seed) is one
-comparison; the win rate counts ties as one half and carries a 95% normal-approximation
-confidence interval.
+frozen copy), so the comparison costs no second model in memory; the base side is computed
+once per process for the same settings and base model (``alignkit.base_samples``), so a
+sweep's runs share it. Every (prompt, seed) is one comparison; the win rate counts ties as one
+half and carries a 95% normal-approximation confidence interval. ``eval.json`` keeps every
+comparison's prompt, seed and scores, so that ``alignkit.report`` can pair two runs' samples
+of the same prompt and seed.
 
     python -m alignkit.evaluation <run folder> [key=value ...]   # evaluate a saved run
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from alignkit.base_samples import base_side
 from alignkit.config import EvalConfig
 from alignkit.data.prompts import load_prompt_list
 from alignkit.models import Backbone
@@ -66,26 +70,37 @@ def image_grid(base: torch.Tensor, aligned: torch.Tensor, rows: int, cols: int) 
 def evaluate(backbone: Backbone, cfg: EvalConfig, out_dir: str | Path) -> dict:
     """Generate, score, compare; write ``eval.json`` and ``eval_grid.png`` into ``out_dir``."""
     out_dir = Path(out_dir)
+    if not cfg.prompts or not cfg.rewards:
+        raise ValueError(
+            "evaluation needs prompts and rewards: set eval.prompts=<text file, one prompt a "
+            "line> and eval.rewards=[pickscore,...] (the tiny world's model sets its own)"
+        )
     prompts = load_prompt_list(cfg.prompts)
     grid_rows = min(cfg.grid_prompts, len(prompts))
     grid_cols = min(cfg.grid_seeds, cfg.seeds_per_prompt)
     every_prompt = [p for p in prompts for _ in range(cfg.seeds_per_prompt)]
     seeds = [s for _ in prompts for s in range(cfg.seeds_per_prompt)]
     settings = {"steps": cfg.steps, "guidance": cfg.guidance, "batch_size": cfg.batch_size}
-    base = generate_images(backbone, every_prompt, seeds, reference=True, **settings)
+    rewards = {name: build_reward(name) for name in cfg.rewards}
+    picked = [p * cfg.seeds_per_prompt + s for p in range(grid_rows) for s in range(grid_cols)]
+    base = base_side(backbone, every_prompt, seeds, settings, rewards, picked)
     aligned = generate_images(backbone, every_prompt, seeds, reference=False, **settings)
-    results: dict = {"prompts": cfg.prompts, "samples": len(every_prompt), "rewards": {}}
-    for name in cfg.rewards:
-        reward = build_reward(name)
-        base_scores = reward(base, every_prompt).float()
+    results: dict = {
+        "prompts": cfg.prompts,
+        "samples": len(every_prompt),
+        "comparisons": {"prompt": every_prompt, "seed": seeds},
+        "rewards": {},
+    }
+    for name, reward in rewards.items():
+        base_scores = base.scores[name]
         aligned_scores = reward(aligned, every_prompt).float()
         results["rewards"][name] = {
             "base": base_scores.mean().item(),
             "aligned": aligned_scores.mean().item(),
             "win_rate": asdict(win_rate(aligned_scores, base_scores)),
+            "scores": {"base": base_scores.tolist(), "aligned": aligned_scores.tolist()},
         }
-    picked = [p * cfg.seeds_per_prompt + s for p in range(grid_rows) for s in range(grid_cols)]
-    grid = image_grid(base[picked], aligned[picked], grid_rows, grid_cols)
+    grid = image_grid(base.grid_images, aligned[picked], grid_rows, grid_cols)
     out_dir.mkdir(parents=True, exist_ok=True)
     grid.save(out_dir / "eval_grid.png")
     results["grid"] = "eval_grid.png"

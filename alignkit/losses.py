@@ -1,4 +1,5 @@
-"""The objectives as pure functions of per-sample tensors (ALGORITHMS.md; DESIGN.md contract).
+"""The objectives as pure functions of per-sample tensors (docs/algorithms.md, "The loss
+functions (alignkit.losses)").
 
 Inputs are ``[B]`` tensors; every function reduces by the mean over the batch and computes
 in float32. No models, no I/O: these are what the hand-computed tests pin down.
@@ -115,8 +116,9 @@ def spo_loss(
     beta: float,
     eps: float,
 ) -> torch.Tensor:
-    """SPO (Liang et al. 2024, ALGORITHMS.md §5): ``mean(-logsigmoid(beta (log r_w - log r_l)))``
-    on single DDIM steps, ``r`` the clipped policy/reference likelihood ratio."""
+    """SPO (Liang et al. 2024; docs/algorithms.md, "SPO"):
+    ``mean(-logsigmoid(beta (log r_w - log r_l)))`` on single DDIM steps, ``r`` the clipped
+    policy/reference likelihood ratio."""
     if not 0 < eps < 1:
         raise ValueError(f"eps={eps}: the ratio clip must lie in (0, 1); SPO uses 0.1")
     logits = beta * (

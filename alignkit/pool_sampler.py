@@ -1,4 +1,4 @@
-"""SPO's step-wise pool sampler and resampler (ALGORITHMS.md §5).
+"""SPO's step-wise pool sampler and resampler (docs/algorithms.md, "SPO").
 
 From ``divert_start_step`` on, every prompt's shared latent ``x_t`` branches into ``k``
 candidates ``x_{t-1} = mu + sigma z``. The next denoising step's UNet call runs on all
@@ -9,8 +9,10 @@ call per denoising step, like plain sampling (only with a ``k`` times larger bat
 
 The best and worst candidate form a pair when ``softmax([s_best, s_worst])`` separates them
 by more than ``threshold``; one candidate, drawn uniformly, continues the trajectory. With
-``num_inner_steps = n`` (the SDXL recipe) every candidate takes ``n`` independent DDIM steps
-before it is scored, and every transition of the winning and losing chunks becomes a pair.
+``num_inner_steps = n`` (the SDXL recipe: 3) every candidate takes ``n`` more independent DDIM
+steps after the branching one before it is scored, so a chunk is ``1 + n`` steps (4-7, 8-11,
+12-15, 16-19 of 20 from step 4, as the authors' SDXL pipeline), and every transition of the
+winning and losing chunks becomes a pair.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class PoolConfig:
     guidance: float = 5.0
     eta: float = 1.0
     divert_start_step: int = 4
-    num_inner_steps: int = 1
+    num_inner_steps: int = 0
 
     def validate(self) -> None:
         if self.k < 1:
@@ -51,8 +53,8 @@ class PoolConfig:
             raise ValueError(
                 f"divert_start_step={self.divert_start_step} must lie in [0, steps={self.steps})"
             )
-        if self.num_inner_steps < 1:
-            raise ValueError(f"num_inner_steps={self.num_inner_steps} must be at least 1")
+        if self.num_inner_steps < 0:
+            raise ValueError(f"num_inner_steps={self.num_inner_steps} must be at least 0")
         if self.eta <= 0 and self.k > 1:
             raise ValueError(
                 f"eta={self.eta}: with eta <= 0 all {self.k} candidates coincide; use eta > 0"
@@ -174,7 +176,7 @@ class PoolSampler:
         batch, k, steps = len(prompts), cfg.k, cfg.steps
         device = backbone.device
         cond = backbone.encode_prompts(list(prompts))
-        uncond = backbone.encode_prompts([""])
+        uncond = backbone.unconditional_text(1)
         micro_one = default_micro_cond(batch, backbone.resolution, device)
 
         def conditioning(copies: int) -> tuple[dict, torch.Tensor]:
@@ -205,7 +207,7 @@ class PoolSampler:
         step = cfg.divert_start_step
         pooled_prompts = list(prompts) * k  # candidate-major: row = candidate * batch + prompt
         while step < steps:
-            chunk = range(step, min(step + cfg.num_inner_steps, steps))
+            chunk = range(step, min(step + 1 + cfg.num_inner_steps, steps))
             cand = x.repeat(k, 1, 1, 1)
             cand_x0, cand_eps = x0.repeat(k, 1, 1, 1), eps.repeat(k, 1, 1, 1)
             chunk_moves = []

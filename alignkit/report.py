@@ -2,11 +2,15 @@
 
     python -m alignkit.report <multirun folder> [--out DIR]
 
+    python -m alignkit.report <multirun folder> --primary pickscore
+
 Runs are grouped by the command-line overrides that differ between them, the seed aside (so
 ``-m algo=dpo,sft seed=0,1,2 trainer.lr=1e-4`` gives two groups of three, algo=dpo and
 algo=sft); each group shows the mean and standard deviation over its seeds of the final
 training metrics, every evaluation reward and win rate, training time and peak memory.
-Nothing here knows an algorithm by name: a new one appears by itself.
+Above that table the groups are ranked on one reward (the first evaluated, or ``--primary``),
+with paired differences between every two groups and their bootstrap intervals
+(``alignkit.ranking``). Nothing here knows an algorithm by name: a new one appears by itself.
 """
 
 from __future__ import annotations
@@ -16,11 +20,14 @@ import html
 import json
 import shutil
 import statistics
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from alignkit.ranking import MethodRuns, ranking_section
 
 CURVE_METRICS = ("loss", "implicit_acc", "reward")
 
@@ -97,6 +104,18 @@ def final_values(run: RunRecord) -> dict[str, float]:
     return values
 
 
+def methods_of(runs: list[RunRecord]) -> list[MethodRuns]:
+    """The runs' evaluations and summaries, gathered by group."""
+    methods: dict[str, MethodRuns] = {}
+    for run in runs:
+        method = methods.setdefault(run.group, MethodRuns(run.group))
+        if run.evaluation:
+            method.evaluations.append(run.evaluation)
+        if run.summary:
+            method.summaries.append(run.summary)
+    return list(methods.values())
+
+
 def summarise(runs: list[RunRecord]) -> dict[str, dict[str, tuple[float, float, int]]]:
     """group -> column -> (mean, std, number of runs)."""
     collected: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -166,7 +185,7 @@ def plot_curves(runs: list[RunRecord], out_dir: Path) -> list[Path]:
     return written
 
 
-def html_page(table_md: str, curves: list[Path], grids: list[tuple[str, Path]]) -> str:
+def _html_table(table_md: str) -> str:
     rows = [line.strip("|").split("|") for line in table_md.splitlines() if line.strip()]
     header, body = rows[0], rows[2:]
     table = "<table><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in header)
@@ -174,7 +193,23 @@ def html_page(table_md: str, curves: list[Path], grids: list[tuple[str, Path]]) 
         "<tr>" + "".join(f"<td>{html.escape(c.strip())}</td>" for c in row) + "</tr>"
         for row in body
     )
-    table += "</table>"
+    return table + "</table>"
+
+
+def _html_blocks(markdown: str) -> str:
+    """The report's own Markdown (headings, tables, paragraphs) as HTML."""
+    blocks = []
+    for block in markdown.split("\n\n"):
+        if block.startswith("## "):
+            blocks.append(f"<h2>{html.escape(block[3:])}</h2>")
+        elif block.startswith("|"):
+            blocks.append(_html_table(block))
+        else:
+            blocks.append(f"<p>{html.escape(block)}</p>")
+    return "".join(blocks)
+
+
+def html_page(body_md: str, curves: list[Path], grids: list[tuple[str, Path]]) -> str:
     images = "".join(f'<img src="{p.name}" alt="{p.stem}">' for p in curves)
     grid_html = "".join(
         f"<figure><img src='{path.name}'><figcaption>{html.escape(label)}</figcaption></figure>"
@@ -187,19 +222,26 @@ def html_page(table_md: str, curves: list[Path], grids: list[tuple[str, Path]]) 
     )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>alignkit report</title>"
-        f"<style>{style}</style></head><body><h1>alignkit report</h1>{table}"
+        f"<style>{style}</style></head><body><h1>alignkit report</h1>{_html_blocks(body_md)}"
         f"<h2>Curves</h2>{images}<h2>Base vs aligned (same seeds)</h2>{grid_html}</body></html>"
     )
 
 
-def write_report(root: Path, out_dir: Path | None = None) -> Path:
-    """Write ``report.md``, ``report.html`` and the PNGs; return the output folder."""
+def write_report(
+    root: Path, out_dir: Path | None = None, primary: str | None = None, resamples: int = 2000
+) -> Path:
+    """Write ``report.md``, ``report.html`` and the PNGs; return the output folder.
+
+    ``primary`` is the reward the methods are ranked on (default: the first one evaluated).
+    """
     runs = find_runs(root)
     if not runs:
         raise FileNotFoundError(f"no run folders (with .hydra/config.yaml) under {root}")
+    evaluated = any(run.evaluation for run in runs)
+    ranking = ranking_section(methods_of(runs), primary, resamples) if evaluated or primary else ""
     out_dir = out_dir or root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(summarise(runs))
+    body = "\n\n".join(filter(None, [ranking, "## All runs", markdown_table(summarise(runs))]))
     curves = plot_curves(runs, out_dir)
     grids = []
     for index, run in enumerate(runs):
@@ -209,10 +251,10 @@ def write_report(root: Path, out_dir: Path | None = None) -> Path:
             shutil.copyfile(grid, target)
             grids.append((f"{run.group} — {run.folder.name}", target))
     (out_dir / "report.md").write_text(
-        f"# alignkit report: {root}\n\n{table}\n\n"
+        f"# alignkit report: {root}\n\n{body}\n\n"
         + "".join(f"![{p.stem}]({p.name})\n" for p in curves)
     )
-    (out_dir / "report.html").write_text(html_page(table, curves, grids))
+    (out_dir / "report.html").write_text(html_page(body, curves, grids))
     return out_dir
 
 
@@ -220,8 +262,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="a multirun folder (or any folder of runs)")
     parser.add_argument("--out", type=Path, default=None, help="default: <root>/report")
+    parser.add_argument(
+        "--primary", default=None, help="the reward to rank on (default: the first evaluated)"
+    )
+    parser.add_argument(
+        "--resamples", type=int, default=2000, help="bootstrap resamples (default: 2000)"
+    )
     args = parser.parse_args(argv)
-    out_dir = write_report(args.root, args.out)
+    try:
+        out_dir = write_report(args.root, args.out, args.primary, args.resamples)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"alignkit: error: {error}", file=sys.stderr)
+        sys.exit(2)
     print((out_dir / "report.md").read_text())
     print(f"HTML: {out_dir / 'report.html'}")
 

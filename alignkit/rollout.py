@@ -1,4 +1,5 @@
-"""Differentiable DDIM rollouts for reward backpropagation (ALGORITHMS.md §6).
+"""Differentiable DDIM rollouts for reward backpropagation (docs/algorithms.md, "DRTune and
+its peers").
 
 One rollout implementation serves DRTune and its peers, so an ablation compares only what
 differs between them: which steps run, which UNet calls carry gradients, and whether the
@@ -155,10 +156,10 @@ class GuidedModel:
 
     @classmethod
     def for_prompts(cls, backbone: Backbone, prompts: list[str], guidance: float) -> GuidedModel:
-        if guidance != 1.0:
-            prompts = [""] * len(prompts) + list(prompts)
-        text = backbone.encode_prompts(list(prompts))
-        micro = default_micro_cond(len(prompts), backbone.resolution, backbone.device)
+        guided = guidance != 1.0
+        text = backbone.encode_guided(prompts) if guided else backbone.encode_prompts(prompts)
+        rows = len(prompts) * (2 if guided else 1)
+        micro = default_micro_cond(rows, backbone.resolution, backbone.device)
         return cls(backbone, guidance, text, micro)
 
     @property

@@ -90,7 +90,7 @@ def sample_latents(
     channels = backbone.unet.config.in_channels
     x = initial_noise(seeds, (channels, size, size)).to(backbone.device)
     batch = len(prompts)
-    text = backbone.encode_prompts([""] * batch + list(prompts))
+    text = backbone.encode_guided(prompts)
     micro = default_micro_cond(2 * batch, backbone.resolution, backbone.device)
     for t, alpha_t, alpha_prev in zip(schedule.timesteps, schedule.alpha_t, schedule.alpha_prev):
         timesteps = t.repeat(2 * batch)
@@ -133,9 +133,9 @@ def ddim_step_log_prob(
 ) -> torch.Tensor:
     """Log-density ``[B]`` of ``x_prev`` under the DDIM step ``N(mu, sigma^2 I)``.
 
-    The Gaussian log-density is averaged (not summed) over C, H, W as in ALGORITHMS.md §5, so
-    its scale does not depend on the latent size. ``x_prev`` is detached: only the mean
-    carries the model's gradient.
+    The Gaussian log-density is averaged (not summed) over C, H, W as in SPO
+    (docs/algorithms.md, "SPO"), so its scale does not depend on the latent size. ``x_prev`` is
+    detached: only the mean carries the model's gradient.
     """
     if eta <= 0:
         raise ValueError(
@@ -223,7 +223,7 @@ def guided_conditioning(
     backbone: Backbone, prompts: list[str]
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Text conditioning and micro-conditioning laid out ``[uncond; cond]`` for one CFG call."""
-    text = backbone.encode_prompts([""] * len(prompts) + list(prompts))
+    text = backbone.encode_guided(prompts)
     micro = default_micro_cond(2 * len(prompts), backbone.resolution, backbone.device)
     return text, micro
 

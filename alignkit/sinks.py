@@ -1,4 +1,5 @@
-"""Where logged metrics go: metrics.jsonl always, plus wandb or TensorBoard on request."""
+"""Where logged metrics and images go: the run folder always (metrics.jsonl, image files),
+plus wandb or TensorBoard on request."""
 
 from __future__ import annotations
 
@@ -7,18 +8,24 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+from PIL import Image
+
 from alignkit.config import LoggerConfig
 
 
 class MetricsSink(Protocol):
     def log(self, step: int, metrics: dict[str, float]) -> None: ...
 
+    def log_image(self, step: int, name: str, image: Image.Image) -> None: ...
+
     def close(self) -> None: ...
 
 
 class JsonlSink:
     """One JSON object per logged step. On resume, lines past the resumed step are dropped
-    so the file reads as one uninterrupted run."""
+    so the file reads as one uninterrupted run. Images go next to the file, as
+    ``<name>/step_XXXXXXXX.png`` (a resumed step overwrites its own)."""
 
     def __init__(self, path: str | Path, resume_step: int = 0) -> None:
         self.path = Path(path)
@@ -35,6 +42,11 @@ class JsonlSink:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self._file.write(json.dumps({"step": step, **metrics}) + "\n")
         self._file.flush()
+
+    def log_image(self, step: int, name: str, image: Image.Image) -> None:
+        folder = self.path.parent / name
+        folder.mkdir(parents=True, exist_ok=True)
+        image.save(folder / f"step_{step:08d}.png")
 
     def close(self) -> None:
         self._file.close()
@@ -57,9 +69,13 @@ class WandbSink:
             resume="allow",
             id=_stable_run_id(run_dir),
         )
+        self._image_type = wandb.Image
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self._run.log(metrics, step=step)
+
+    def log_image(self, step: int, name: str, image: Image.Image) -> None:
+        self._run.log({name: self._image_type(image)}, step=step)
 
     def close(self) -> None:
         self._run.finish()
@@ -74,6 +90,10 @@ class TensorBoardSink:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for name, value in metrics.items():
             self._writer.add_scalar(name, value, step)
+        self._writer.flush()
+
+    def log_image(self, step: int, name: str, image: Image.Image) -> None:
+        self._writer.add_image(name, np.asarray(image.convert("RGB")), step, dataformats="HWC")
         self._writer.flush()
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""Train a step-aware preference model (SPM) the SPO authors' way (ALGORITHMS.md §5).
+"""Train a step-aware preference model (SPM) the SPO authors' way (docs/algorithms.md, "SPO").
 
 For a preference pair (two images of one prompt, Pick-a-Pic labels): encode both images,
 noise them with the SAME noise at a random ``t ~ U[0, T)``, let the frozen base UNet (CFG 5)
@@ -32,13 +32,14 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from alignkit.config import ModelConfig, asset_path
+from alignkit.config import ModelConfig
 from alignkit.models import Backbone, build_backbone
 from alignkit.models.text import default_micro_cond
 from alignkit.rewards.clip import ClipModel
 from alignkit.rewards.preference import preference_loss
 from alignkit.rewards.spm import StepAwarePreferenceModel, tiny_world_spm_base
 from alignkit.sampling import guided_prediction, split_prediction
+from alignkit.tinyworld.assets import asset_path
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def predicted_x0_images(
     latents = latents.to(backbone.device)
     t, noise = t.to(backbone.device), noise.to(backbone.device)
     x_t = backbone.add_noise(latents, noise, t)
-    text = backbone.encode_prompts([""] * len(prompts) + list(prompts))
+    text = backbone.encode_guided(prompts)
     micro = default_micro_cond(2 * len(prompts), backbone.resolution, backbone.device)
     out = backbone.predict(torch.cat([x_t, x_t]), t.repeat(2), text, micro, reference=True)
     alpha_t = backbone.alphas_cumprod.to(backbone.device)[t]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,9 @@ from alignkit.checkpoint import (
     start_checkpoint,
     write_rank_state,
 )
+from alignkit.compiling import compiled
 from alignkit.config import TrainerConfig
+from alignkit.ema import WeightEMA
 from alignkit.models import Backbone
 from alignkit.optim import build_lr_schedule, build_optimizer
 from alignkit.preemption import Preempted, SignalWatch, parse_signals
@@ -50,6 +53,8 @@ RESUMABLE_CHANGES = (
     "trainer.progress_bar",
     "trainer.preempt_signals",
     "trainer.preempt_exit_code",
+    "trainer.compile",
+    "trainer.compile_backend",
     "logger",
     "output_dir",
     "sweep_name",
@@ -151,7 +156,10 @@ class Trainer:
         self.optimizer = build_optimizer(cfg, self.params)
         self.lr_schedule = build_lr_schedule(cfg, self.optimizer)
         wrapped_unet, self.optimizer = accelerator.prepare(backbone.unet, self.optimizer)
+        if cfg.compile:
+            wrapped_unet = compiled(wrapped_unet, cfg.compile_backend)
         backbone.unet_forward = wrapped_unet
+        self.ema = WeightEMA(backbone.unet, cfg.ema_decay) if cfg.ema else None
         self.generator = torch.Generator().manual_seed(seed * 1000 + accelerator.process_index)
         self.preempt_signals = parse_signals(cfg.preempt_signals)  # a bad name fails here
         self.step = 0
@@ -197,6 +205,8 @@ class Trainer:
         else:
             self.generator.set_state(own.generator)
             self._load_algorithm_state(own.algorithm)
+        if self.ema is not None:
+            self.ema.load_state_dict(contents.ema)
         self.step = contents.step
         log.info("resumed from %s at step %d", checkpoints[-1], self.step)
         return self.step
@@ -221,6 +231,7 @@ class Trainer:
                 lr_scheduler=self.lr_schedule.state_dict(),
                 config=self.config,
                 num_processes=accelerator.num_processes,
+                ema=self.ema.state_dict() if self.ema is not None else {},
             )
             final = publish_checkpoint(root, contents, self.cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
@@ -261,6 +272,8 @@ class Trainer:
         sums["lr"] = self.lr_schedule.get_last_lr()[0]
         self._phase = "updating"
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.step)
         self.lr_schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -268,7 +281,14 @@ class Trainer:
         sums["samples"] = samples * accelerator.num_processes
         return dict(sums)
 
-    def fit(self, sinks: list[MetricsSink]) -> TrainResult:
+    def fit(
+        self,
+        sinks: list[MetricsSink],
+        after_step: Callable[[int], dict[str, float]] | None = None,
+    ) -> TrainResult:
+        """Train to ``max_steps``. ``after_step(step)``, if given, runs after each optimizer
+        step (e.g. the periodic samples of ``alignkit.watch``); the scalars it returns are
+        logged with that step's metrics, even on a step ``log_every`` skips."""
         resumed_from = self.step
         bar = tqdm(
             total=self.cfg.max_steps,
@@ -277,16 +297,19 @@ class Trainer:
             disable=not (self.cfg.progress_bar and self.accelerator.is_main_process),
             dynamic_ncols=True,
         )
-        watch = SignalWatch(self.preempt_signals)
+        signals = SignalWatch(self.preempt_signals)
         preempted = False
         try:
-            with watch:
+            with signals:
                 while self.step < self.cfg.max_steps:
                     started = time.perf_counter()
                     metrics = self.train_step()
                     elapsed = time.perf_counter() - started
                     metrics["samples_per_s"] = metrics.pop("samples") / max(elapsed, 1e-9)
-                    if self.accelerator.is_main_process and self.step % self.cfg.log_every == 0:
+                    watched = after_step(self.step) if after_step is not None else {}
+                    metrics.update(watched)
+                    logged = self.step % self.cfg.log_every == 0 or watched
+                    if self.accelerator.is_main_process and logged:
                         for sink in sinks:
                             sink.log(self.step, metrics)
                     bar.update(1)
@@ -296,32 +319,34 @@ class Trainer:
                     due = self.step % self.cfg.checkpoint_every == 0
                     if due or self.step == self.cfg.max_steps:
                         self.save()
-                    if self.step < self.cfg.max_steps and self._stop_requested(watch):
+                    if self.step < self.cfg.max_steps and self._stop_requested(signals):
                         if not due:
                             self.save()
                         preempted = True
                         break
             if preempted:
                 raise Preempted(
-                    watch.received.name if watch.received else "a signal to another process",
+                    signals.received.name if signals.received else "a signal to another process",
                     self.step,
                     self.cfg.preempt_exit_code,
-                    watch.previous_handler,
+                    signals.previous_handler,
                 )
         except KeyboardInterrupt:
             self._save_after_interrupt()
             raise
         finally:
             bar.close()
+        if self.ema is not None:
+            self.ema.copy_to_weights()  # what final/ and the evaluation read from here on
         final_dir = self.run_dir / "final"
         if self.accelerator.is_main_process:
             self.backbone.save_final(final_dir)
         return TrainResult(self.step, resumed_from, final_dir)
 
-    def _stop_requested(self, watch: SignalWatch) -> bool:
+    def _stop_requested(self, signals: SignalWatch) -> bool:
         """Whether any process was signalled: all stop after the same step, or the others
         would wait forever for its gradients."""
-        asked = watch.received is not None
+        asked = signals.received is not None
         if self.accelerator.num_processes == 1:
             return asked
         flag = torch.tensor([float(asked)], device=self.accelerator.device)

@@ -14,6 +14,7 @@ def isolated_latent_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch)
     """Point the default latent cache at a temporary folder: tests never touch ~/.cache."""
     folder = tmp_path_factory.mktemp("latent-cache")
     monkeypatch.setenv("ALIGNKIT_CACHE_DIR", str(folder))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach the network
     return folder
 
 

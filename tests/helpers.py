@@ -149,10 +149,17 @@ class FakeEncoder:
         self.prompt_calls = 0
         self.largest_image_batch = 0
 
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+    def encode_images(
+        self, pixels: torch.Tensor, generators: list[torch.Generator] | None = None
+    ) -> torch.Tensor:
+        """Pooled pixels; with ``generators``, plus one unit-normal "posterior" draw each."""
         self.image_calls += 1
         self.largest_image_batch = max(self.largest_image_batch, len(pixels))
-        return F.avg_pool2d(pixels, self.pool).to(memory_format=torch.channels_last)
+        latents = F.avg_pool2d(pixels, self.pool)
+        if generators is not None:
+            shape = latents.shape[1:]
+            latents = latents + torch.stack([torch.randn(shape, generator=g) for g in generators])
+        return latents.to(memory_format=torch.channels_last)
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         self.prompt_calls += 1

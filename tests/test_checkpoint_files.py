@@ -4,7 +4,6 @@ synced before a rename publishes it, and a full disk that costs nothing already 
 import errno
 import json
 import os
-import shutil
 
 import pytest
 import torch
@@ -23,8 +22,6 @@ from alignkit.checkpoint import (
     start_checkpoint,
     write_rank_state,
 )
-from alignkit.data.cache import load_encoded, save_encoded
-from alignkit.data.encoded import EncodedPairs
 from tests.model_helpers import tiny_backbone, tiny_trainer
 
 
@@ -169,40 +166,3 @@ def test_checkpoint_files_are_synced_before_the_rename_and_the_folder_after(tmp_
     files = {str(staging / p.name) for p in final.iterdir()}
     assert files | {str(staging)} <= synced_before
     assert ("sync", str(root)) in events[renamed:]
-
-
-@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads fd paths from /proc")
-def test_latent_cache_files_are_synced_before_the_rename(tmp_path, monkeypatch):
-    events = []
-    real_fsync = os.fsync
-    monkeypatch.setattr(
-        durable.os,
-        "fsync",
-        lambda fd: events.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd),
-    )
-    renamed_from = []
-    real_rename = type(tmp_path).rename
-
-    def rename(self, target):
-        renamed_from.append((len(events), str(self)))
-        return real_rename(self, target)
-
-    monkeypatch.setattr(type(tmp_path), "rename", rename)
-    encoded = EncodedPairs(
-        latents_w=torch.zeros(2, 4, 2, 2),
-        latents_l=torch.ones(2, 4, 2, 2),
-        micro_cond=torch.zeros(2, 6),
-        text_index=torch.tensor([0, 0]),
-        prompts=["a red circle"],
-        text={"prompt_embeds": torch.zeros(1, 3, 8)},
-        empty_text={"prompt_embeds": torch.zeros(1, 3, 8)},
-        row_ids=[0, 1],
-    )
-    folder = tmp_path / "cache" / "key"
-    save_encoded(encoded, folder, {"kind": "test"})
-    ((synced_count, staging),) = renamed_from
-    synced_before = set(events[:synced_count])
-    assert {os.path.join(staging, p.name) for p in folder.iterdir()} | {staging} <= synced_before
-    assert str(folder.parent) in events[synced_count:]
-    assert load_encoded(folder)[0].row_ids == [0, 1]
-    shutil.rmtree(folder)

@@ -29,7 +29,8 @@ from tests.helpers import (
 
 
 def data_config(path: Path | str, **overrides) -> DataConfig:
-    cfg = DataConfig(name="test", path=str(path), random_flip=False)
+    """Latents are the pooled pixels themselves (``mode``) unless a test asks for samples."""
+    cfg = DataConfig(name="test", path=str(path), random_flip=False, latents="mode")
     for key, value in overrides.items():
         setattr(cfg, key, value)
     return cfg
@@ -226,27 +227,6 @@ def test_changed_data_files_change_the_cache_key(tmp_path):
     assert build(folder, encoder).num_pairs == 15 and encoder.image_calls > 0
 
 
-def test_a_crash_while_writing_leaves_no_cache_that_is_trusted(pair_folder, tmp_path, monkeypatch):
-    import alignkit.data.cache as cache
-
-    real_save_file, written = cache.save_file, []
-
-    def crash_after_first_file(tensors, path):
-        if written:
-            raise KeyboardInterrupt("simulated crash")
-        written.append(path)
-        real_save_file(tensors, path)
-
-    monkeypatch.setattr(cache, "save_file", crash_after_first_file)
-    with pytest.raises(KeyboardInterrupt):
-        build(pair_folder, cache_dir=str(tmp_path / "cache"))
-    assert not any((tmp_path / "cache").iterdir())
-    monkeypatch.setattr(cache, "save_file", real_save_file)
-    encoder = FakeEncoder()
-    build(pair_folder, encoder, cache_dir=str(tmp_path / "cache"))
-    assert encoder.image_calls > 0
-
-
 def test_an_unreadable_cache_is_rebuilt(pair_folder, isolated_latent_cache, caplog):
     build(pair_folder)
     for shard in isolated_latent_cache.glob("*/pairs-*.safetensors"):
@@ -373,3 +353,32 @@ def test_a_hub_dataset_with_image_features_is_read(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     assert build("someone/tiny-pairs").num_pairs == 8  # served from the cache, no hub needed
+
+
+def test_sampled_latents_are_one_posterior_draw_per_row_kept_by_the_cache(pair_folder):
+    mode = build(pair_folder).batch(0)
+    first = build(pair_folder, latents="sample").batch(0)
+    again = build(pair_folder, latents="sample").batch(0)
+    assert first.row_ids == mode.row_ids
+    noise_w, noise_l = first.latents_w - mode.latents_w, first.latents_l - mode.latents_l
+    assert 0.5 < noise_w.std() < 1.5  # FakeEncoder's unit-normal posterior
+    assert not torch.allclose(noise_w, noise_l)  # winner and loser draw apart
+    torch.testing.assert_close(first.latents_w, again.latents_w)  # one draw per row
+    torch.testing.assert_close(first.micro_cond, mode.micro_cond)  # crops are unchanged
+
+
+def test_streamed_sampled_latents_draw_afresh_each_epoch(pair_folder):
+    batches = build(pair_folder, latents="sample", cache=False)
+    per_epoch = batches.batches_per_epoch
+    rows = {}
+    for index in (0, per_epoch):
+        batch = batches.batch(index)
+        for row, latent in zip(batch.row_ids, batch.latents_w):
+            rows.setdefault(row, []).append(latent)
+    repeated = [pair for pair in rows.values() if len(pair) == 2]
+    assert repeated and all(not torch.allclose(a, b) for a, b in repeated)
+
+
+def test_an_unknown_latents_choice_is_refused(pair_folder):
+    with pytest.raises(ValueError, match="data.latents='median'"):
+        build(pair_folder, latents="median")

@@ -6,10 +6,10 @@ import sys
 
 import torch
 
-from alignkit.config import asset_path
 from alignkit.data import build_batches
 from alignkit.rewards import build_reward
 from alignkit.tinyworld import heldout_prompts, render
+from alignkit.tinyworld.assets import asset_path
 from tests.helpers import FakeEncoder, compose_config
 
 
@@ -95,4 +95,6 @@ def test_a_two_run_sweep_and_its_report(tmp_path):
     table = (sweep / "report" / "report.md").read_text()
     assert "algo=dpo (n=1)" in table and "algo=sft (n=1)" in table
     assert "oracle win rate" in table and "train s" in table
+    assert "## Methods ranked by oracle" in table
+    assert " | 19 (19) | " in table  # dpo and sft paired on every held-out prompt's seed 0
     assert len(list((sweep / "report").glob("grid_*.png"))) == 2

@@ -81,3 +81,29 @@ def test_an_unknown_reward_lists_the_registered_ones(tmp_path):
     backbone = tiny_backbone("sd", resolution=64)
     with pytest.raises(KeyError, match="registered: .*oracle"):
         evaluate(backbone, _small_eval(tmp_path, rewards=["pickscroe"]), tmp_path)
+
+
+def test_eval_json_keeps_every_comparison_for_pairing_runs(tmp_path):
+    backbone = tiny_backbone("sd", resolution=64)
+    settings = _small_eval(tmp_path, rewards=["oracle", "tiny_clip"])
+    evaluate(backbone, settings, tmp_path / "untrained")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for parameter in backbone.trainable_parameters():
+            parameter.add_(torch.randn_like(parameter))
+    evaluate(backbone, settings, tmp_path / "changed")
+    before, after = (
+        json.loads((tmp_path / name / "eval.json").read_text()) for name in ("untrained", "changed")
+    )
+    prompts = (tmp_path / "prompts.txt").read_text().splitlines()
+    expected = {"prompt": [prompts[0]] * 2 + [prompts[1]] * 2, "seed": [0, 1, 0, 1]}
+    assert after["comparisons"] == expected
+    for name in ("oracle", "tiny_clip"):
+        entry = after["rewards"][name]
+        base, aligned = (torch.tensor(entry["scores"][side]) for side in ("base", "aligned"))
+        assert base.tolist() == before["rewards"][name]["scores"]["base"]  # same base samples
+        assert entry["base"] == pytest.approx(base.mean().item())
+        assert entry["aligned"] == pytest.approx(aligned.mean().item())
+        assert entry["win_rate"]["rate"] == win_rate(aligned, base).rate
+    clip_before, clip_after = (run["rewards"]["tiny_clip"]["scores"] for run in (before, after))
+    assert clip_after["aligned"] != clip_before["aligned"]

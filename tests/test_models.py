@@ -167,3 +167,16 @@ def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
 def test_synthetic_pairs_are_deterministic():
     source = SyntheticPairs(tiny_backbone())
     torch.testing.assert_close(source.batch(3).latents_w, source.batch(3).latents_w)
+
+
+def test_sampled_latents_are_diffusers_posterior_samples_one_generator_per_image():
+    backbone = tiny_backbone("sd")
+    pixels = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    ours = backbone.encode_images(pixels, [torch.Generator().manual_seed(s) for s in (1, 2)])
+    scale = backbone.vae.config.scaling_factor
+    for row, seed in enumerate((1, 2)):
+        posterior = backbone.vae.encode(pixels[row : row + 1]).latent_dist
+        theirs = posterior.sample(generator=torch.Generator().manual_seed(seed)) * scale
+        torch.testing.assert_close(ours[row : row + 1], theirs)
+    mode = backbone.encode_images(pixels)
+    assert not torch.allclose(ours, mode)

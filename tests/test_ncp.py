@@ -171,3 +171,22 @@ def test_encoder_gradients_are_the_same_with_gradient_checkpointing(finetune):
         backbone.encoder_features(x, t, text, micro_cond, "mid").square().mean().backward()
         grads.append(x.grad)
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+def test_at_t_zero_every_compared_sample_is_x_t_as_in_the_authors_code():
+    backbone = tiny_backbone("sd")
+    algorithm = _algorithm("ncp_sft", backbone, timestep="t-1")
+    generator = torch.Generator().manual_seed(0)
+    x0, x_t = (
+        torch.randn(2, 4, 8, 8, generator=generator),
+        torch.randn(2, 4, 8, 8, generator=generator),
+    )
+    outputs = [torch.randn(2, 4, 8, 8, generator=generator) for _ in range(2)]
+    draws = algorithm.draw(2, (4, 8, 8), generator)
+    draws.t = torch.tensor([0, 500])
+    samples, encoded_at = algorithm.compared_samples(x0, x_t, draws, outputs)
+    assert encoded_at.tolist() == [0, 499]
+    for sample in samples:  # row 0 (t = 0) stays x_t; row 1 takes its posterior step
+        torch.testing.assert_close(sample[0], x_t[0])
+        assert not torch.allclose(sample[1], x_t[1])
+    assert not torch.allclose(samples[0][1], samples[1][1])  # truth and policy part at t > 0

@@ -121,7 +121,7 @@ def test_pickscore_matches_transformers_on_its_official_pipeline():
 
 
 def test_pickscore_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nothing can be downloaded.*reward.path="):
+    with pytest.raises(FileNotFoundError, match=r"could not load CLIPModel.*reward.path="):
         pickscore(path=str(tmp_path / "absent"))
 
 

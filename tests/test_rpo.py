@@ -49,7 +49,7 @@ class CallCounter:
 
 
 def _cached_batches(pair_folder, backbone, batch_size=3):
-    cfg = DataConfig(name="pairs", path=str(pair_folder), random_flip=False)
+    cfg = DataConfig(name="pairs", path=str(pair_folder), random_flip=False, latents="mode")
     return build_pair_batches(cfg, backbone, resolution=32, batch_size=batch_size, seed=0)
 
 

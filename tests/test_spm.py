@@ -5,7 +5,6 @@ import pytest
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from alignkit.config import asset_path
 from alignkit.rewards.clip import ClipModel
 from alignkit.rewards.spm import (
     TINY_CLIP_CONFIG,
@@ -14,6 +13,7 @@ from alignkit.rewards.spm import (
     read_state_dict,
     timestep_embedding,
 )
+from alignkit.tinyworld.assets import asset_path
 
 PROMPTS = ["a red circle", "a blue square", "a green star"]
 
@@ -120,6 +120,43 @@ def test_authors_checkpoint_layout_loads_on_top_of_an_hf_clip(tmp_path):
         torch.testing.assert_close(own[key.removeprefix("model.")], value)
 
 
+def _released_layout(spm: StepAwarePreferenceModel) -> dict[str, torch.Tensor]:
+    """A state dict shaped like the authors' released ``*_step-aware_preference_model.bin``:
+    the whole CLIP with the added modules under ``model.``, plus the ``position_ids`` buffers
+    that the transformers they saved with still stored."""
+    generator = torch.Generator().manual_seed(5)
+    released = {
+        f"model.{k}": torch.randn(v.shape, generator=generator)
+        for k, v in spm.model.state_dict().items()
+    }
+    for tower, positions in (("text", 77), ("vision", 5)):
+        released[f"model.{tower}_model.embeddings.position_ids"] = torch.arange(positions)[None]
+    return released
+
+
+def test_the_exact_released_layout_loads_with_its_stale_position_ids(tmp_path):
+    spm = StepAwarePreferenceModel.from_hf(_tiny_hf_clip(), _FakeTokenizer())
+    released = _released_layout(spm)
+    torch.save(released, tmp_path / "sdxl_step-aware_preference_model.bin")
+    spm.load_weights(read_state_dict(tmp_path / "sdxl_step-aware_preference_model.bin"))
+    own = spm.model.state_dict()
+    weights = {k: v for k, v in released.items() if not k.endswith("position_ids")}
+    assert len(weights) == len(own)
+    for key, value in weights.items():
+        torch.testing.assert_close(own[key.removeprefix("model.")], value)
+
+
+def test_a_plain_clip_in_the_released_layout_is_not_taken_for_an_spm():
+    spm = StepAwarePreferenceModel.from_hf(_tiny_hf_clip(), _FakeTokenizer())
+    clip_only = {
+        k: v
+        for k, v in _released_layout(spm).items()
+        if "adaLN_modulation" not in k and "t_embedder" not in k
+    }
+    with pytest.raises(ValueError, match="not an SPM checkpoint"):
+        spm.load_weights(clip_only)
+
+
 def test_loading_a_checkpoint_for_another_model_is_refused():
     spm = StepAwarePreferenceModel.from_hf(_tiny_hf_clip(), _FakeTokenizer())
     with pytest.raises(ValueError, match="match no parameter"):
@@ -148,11 +185,11 @@ def test_spm_adapter_round_trips_through_safetensors(tmp_path):
     torch.testing.assert_close(_scores(fresh), _scores(spm))
 
 
-def test_the_tiny_world_default_spm_is_the_shipped_one():
-    """``algo=spo model=tiny`` with no SPM paths scores with the trained tiny SPM, whose
-    step-aware weights make its scores depend on t; an explicit base CLIP gets none of them."""
+def test_the_tiny_world_spm_is_the_shipped_one():
+    """``algo=spo model=tiny`` (conf/recipe/spo_tiny.yaml) scores with the trained tiny SPM,
+    whose step-aware weights make its scores depend on t; the base CLIP alone gets none."""
     shipped = read_state_dict(asset_path("spm"))
-    spm = load_spm()
+    spm = load_spm(asset_path("pickscore"), asset_path("spm"))
     for name, value in spm.adapter_state_dict().items():
         torch.testing.assert_close(value, shipped[name].float())
     images = _images()

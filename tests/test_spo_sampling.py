@@ -199,7 +199,7 @@ def test_sdxl_inner_steps_pair_every_transition_of_the_chunks():
     unet = backbone.unet_forward
     backbone.unet_forward = lambda x, *a, **kw: calls.append(x.shape[0]) or unet(x, *a, **kw)
     cfg = PoolConfig(
-        k=2, threshold=0.0, steps=6, guidance=5.0, eta=1.0, divert_start_step=1, num_inner_steps=3
+        k=2, threshold=0.0, steps=6, guidance=5.0, eta=1.0, divert_start_step=1, num_inner_steps=2
     )
     result = PoolSampler(backbone, _brightness_scorer(1e4), cfg).sample(
         PROMPTS, torch.Generator().manual_seed(0)
@@ -216,6 +216,30 @@ def test_sdxl_inner_steps_pair_every_transition_of_the_chunks():
     torch.testing.assert_close(t.x_t_w[first], t.x_t_l[first])  # a chunk starts shared
     assert not torch.allclose(t.x_t_w[~first], t.x_t_l[~first])  # then the candidates part
     assert len(t.text) == 2  # SDXL: both encoders' embeddings travel with each pair
+
+
+def test_sdxl_recipe_chunks_are_four_steps_scored_where_the_authors_score():
+    # The authors' SDXL pipeline, 20 steps from step 4 with num_inner_step 3: the branching step
+    # plus 3 more, i.e. chunks 4-7, 8-11, 12-15, 16-19, each scored on the x0 prediction at the
+    # step after it (timesteps 8, 12, 16) and the last on the final sample (t = 0).
+    backbone = _pool_backbone("sdxl")
+    scorer = _brightness_scorer(1e4)
+    cfg = PoolConfig(
+        k=2, threshold=0.0, steps=20, guidance=5.0, eta=1.0, divert_start_step=4, num_inner_steps=3
+    )
+    pool = PoolSampler(backbone, scorer, cfg)
+    result = pool.sample(PROMPTS, torch.Generator().manual_seed(0))
+    timesteps = [int(t) for t in pool.schedule.timesteps]
+    assert [int(t[0]) for t in scorer.seen] == [timesteps[8], timesteps[12], timesteps[16], 0]
+    assert sorted(set(result.transitions.timesteps.tolist()), reverse=True) == timesteps[4:]
+    by_step = {timesteps[i]: i for i in range(20)}
+    moves = result.transitions
+    starts = [
+        by_step[int(t)]
+        for t, winner, loser in zip(moves.timesteps, moves.x_t_w, moves.x_t_l)
+        if torch.equal(winner, loser)
+    ]
+    assert sorted(set(starts)) == [4, 8, 12, 16]  # each chunk starts from one shared latent
 
 
 def _transitions(n: int) -> Transitions:

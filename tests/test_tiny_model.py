@@ -6,16 +6,17 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from alignkit.app import run
-from alignkit.config import asset_path
 from alignkit.tinyworld import fidelity_ok, heldout_prompts
+from alignkit.tinyworld.assets import asset_path
 from alignkit.tinyworld.judge import judge_breakdown
 from tests.helpers import compose_config
 
 
 def test_the_shipped_model_loads_in_diffusers_and_draws_what_was_asked():
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        asset_path("base_model"), torch_dtype=torch.float32
-    )
+    pipeline = StableDiffusionPipeline.from_pretrained(asset_path("base_model"))  # as from the hub
+    assert {m.dtype for m in (pipeline.unet, pipeline.vae, pipeline.text_encoder)} == {
+        torch.float32
+    }
     pipeline.set_progress_bar_config(disable=True)
     prompts = heldout_prompts()
     generators = [torch.Generator().manual_seed(seed) for seed in range(len(prompts))]

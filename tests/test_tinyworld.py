@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 import torch
 
-from alignkit.config import asset_path
 from alignkit.tinyworld import (
     PromptSpec,
     Variation,
@@ -25,6 +24,7 @@ from alignkit.tinyworld import (
     train_prompts,
     write_parquet_folder,
 )
+from alignkit.tinyworld.assets import asset_path
 from alignkit.tinyworld.grammar import BACKGROUNDS, COLOURS, SHAPES, all_specs
 from alignkit.tinyworld.pairs import COLUMNS, decode_jpeg, main
 

@@ -1,4 +1,4 @@
-"""Diffusion-DPO and SFT on preference pairs (ALGORITHMS.md §1-2)."""
+"""Diffusion-DPO and SFT on preference pairs (docs/algorithms.md, "Diffusion-DPO" and "SFT")."""
 
 from __future__ import annotations
 

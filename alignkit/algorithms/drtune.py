@@ -1,4 +1,5 @@
-"""DRTune and its reward-backpropagation peers on prompts (ALGORITHMS.md §6).
+"""DRTune and its reward-backpropagation peers on prompts (docs/algorithms.md, "DRTune and its
+peers").
 
 Each step samples ``x_T`` from the trainer's generator, rolls the policy out with the
 scheme's plan (alignkit/rollout.py), decodes the result with gradients and maximises the

@@ -1,4 +1,5 @@
-"""NCP: DPO, CPO and SFT in the U-Net embedding space (Gambashidze et al. 2024; ALGORITHMS.md §4).
+"""NCP: DPO, CPO and SFT in the U-Net embedding space (Gambashidze et al. 2024; docs/algorithms.md,
+"NCP (DPO, CPO, SFT in the U-Net's embedding space)").
 
 The error of a prediction is not its epsilon-MSE but the distance, in the frozen base UNet's
 encoder features, between the step it takes and the step the true noise takes: from the same
@@ -121,8 +122,9 @@ class NoiseConditionedPerception:
         """The truth's sample, then one per UNet output, and the encoder's timestep.
 
         ``t-1``: DDPM posterior steps from ``x_t`` with one shared noise ``z``, encoded at
-        ``max(t-1, 0)`` (the authors' default). ``uniform``: each x0 prediction re-noised with
-        its own eps prediction at a fresh timestep ``s`` (the authors' ``--timestep uniform``).
+        ``max(t-1, 0)`` (the authors' default); at ``t = 0`` every sample is ``x_t`` itself.
+        ``uniform``: each x0 prediction re-noised with its own eps prediction at a fresh
+        timestep ``s`` (the authors' ``--timestep uniform``).
         """
         alphas, t = self.backbone.alphas_cumprod, draws.t
         a_t = alphas[t.cpu()]
@@ -132,6 +134,10 @@ class NoiseConditionedPerception:
             z = draws.z.to(x0.device)
             cleans = [x0] + [x0_hat for x0_hat, _ in predictions]
             samples = [ddpm_posterior_sample(clean, x_t, t, alphas, z) for clean in cleans]
+            # At t = 0 the authors' code leaves x_{t-1} = x_t for all three: F = 0 there and
+            # the row adds no gradient (the posterior step would land on x0 and compare x0s).
+            at_zero = _column((t == 0).float(), x_t).bool()
+            samples = [torch.where(at_zero, x_t.float(), sample) for sample in samples]
             return samples, (t - 1).clamp(min=0)
         a_s = alphas[draws.s.cpu()]
         samples = [_renoise(x0, draws.noise.to(x0.device), a_s)]

@@ -1,4 +1,4 @@
-"""Diffusion-RPO (Gu et al. 2024, arXiv 2406.06382; ALGORITHMS.md §3).
+"""Diffusion-RPO (Gu et al. 2024, arXiv 2406.06382; docs/algorithms.md, "Diffusion-RPO").
 
 Diffusion-DPO over every winner x loser pair of the local batch, each pair weighted by how
 similar its two samples are in CLIP's multi-modal embedding space. The paper's code was never
@@ -12,14 +12,16 @@ from dataclasses import dataclass
 
 import torch
 
+from alignkit import hub
 from alignkit.algorithms.errors import pair_errors
 from alignkit.algorithms.registry import ALGORITHMS
 from alignkit.algorithms.rpo_embeddings import EMBEDDINGS, PairEmbeddings, clip_identity
-from alignkit.config import AlgoConfig, asset_path
+from alignkit.config import AlgoConfig
 from alignkit.data.batch import PairBatch
-from alignkit.data.encoded import EncodedPairs
+from alignkit.data.sharded import ShardedPairs
 from alignkit.losses import dpo_logits, implicit_accuracy, rpo_loss, rpo_weights
 from alignkit.models import Backbone
+from alignkit.parts import Part
 from alignkit.rewards.clip import ClipModel
 
 PLACEMENTS = ("outside", "inside")
@@ -32,7 +34,7 @@ class RPOConfig(AlgoConfig):
     embedding: str = "both"  # text | image | both
     weight_placement: str = "outside"  # outside | inside
     # an open_clip folder (open_clip_config.json + open_clip_model.safetensors), or an open_clip
-    # model name when clip_checkpoint (a local file) is set; None: the tiny world's CLIP
+    # model name when clip_checkpoint (a local file, or owner/repo/file on the hub) is set
     clip_path: str | None = None
     clip_checkpoint: str | None = None
     clip_batch_size: int = 64
@@ -52,11 +54,35 @@ def _check(cfg: RPOConfig) -> None:
         raise ValueError("invalid RPO settings: " + "; ".join(problems))
 
 
+def clip_parts(cfg: RPOConfig) -> list[Part]:
+    """RPO's CLIP: a local folder, or a model name whose weights file may be on the hub."""
+    what = "the CLIP of RPO's pair weights"
+    if cfg.clip_checkpoint:
+        return [Part(what, "algo.clip_checkpoint", cfg.clip_checkpoint, "file")]
+    if cfg.clip_path and hub.is_local(cfg.clip_path):
+        return [Part(what, "algo.clip_path", cfg.clip_path, "model")]
+    return []
+
+
 def load_clip(cfg: RPOConfig) -> tuple[ClipModel, str]:
     """The configured CLIP and its identity; a missing one names the settings to fix."""
-    path = cfg.clip_path or asset_path("clip")
+    if not cfg.clip_path:
+        raise ValueError(
+            "algo=rpo needs a CLIP for its pair weights and none is set: pass "
+            "algo.clip_path=<local open_clip folder>, or algo.clip_path=ViT-H-14 "
+            "algo.clip_checkpoint=<weights file> (model=sd15 and model=sdxl set "
+            "laion/CLIP-ViT-H-14-laion2B-s32B-b79K)"
+        )
+    path = cfg.clip_path
     try:
-        return ClipModel.load(path, cfg.clip_checkpoint), clip_identity(path, cfg.clip_checkpoint)
+        checkpoint = (
+            hub.resolve_file(cfg.clip_checkpoint, "algo.clip_checkpoint")
+            if cfg.clip_checkpoint
+            else None
+        )
+        return ClipModel.load(path, checkpoint), clip_identity(
+            path, None if checkpoint is None else str(checkpoint)
+        )
     except (FileNotFoundError, ValueError) as err:
         raise ValueError(
             f"RPO needs a CLIP model for its pair weights and could not load one: {err}. Set "
@@ -72,6 +98,7 @@ class DiffusionRPO:
 
     data_kind = "pairs"
     config_class = RPOConfig
+    required_parts = staticmethod(clip_parts)
 
     def __init__(self, cfg: RPOConfig, backbone: Backbone) -> None:
         _check(cfg)
@@ -85,7 +112,7 @@ class DiffusionRPO:
     def prepare(self, batches) -> None:
         """Embed the whole cached dataset once (or load it); streaming data embeds per batch."""
         store = getattr(batches, "store", None)
-        if isinstance(store, EncodedPairs):
+        if isinstance(store, ShardedPairs):
             self.embeddings.prepare(store)
 
     def loss(self, batch: PairBatch, generator: torch.Generator):

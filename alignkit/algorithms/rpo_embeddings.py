@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from alignkit.data.batch import PairBatch
-from alignkit.data.encoded import EncodedPairs
+from alignkit.data.sharded import ShardedPairs
 from alignkit.models import Backbone
 from alignkit.rewards.clip import CONFIG_FILE, WEIGHTS_FILE, ClipModel
 
@@ -93,7 +93,7 @@ class PairEmbeddings:
             chunks.append(self.clip.text_features(prompts[start : start + self.batch_size]))
         return torch.cat([chunk.float().cpu() for chunk in chunks])
 
-    def _compute_table(self, encoded: EncodedPairs) -> dict[str, torch.Tensor]:
+    def _compute_table(self, encoded: ShardedPairs) -> dict[str, torch.Tensor]:
         log.info("RPO: embedding %d pairs with CLIP (once per dataset)", encoded.num_pairs)
         return {
             "text": self._texts(encoded.prompts),
@@ -102,7 +102,7 @@ class PairEmbeddings:
         }
 
     # -- the table -----------------------------------------------------------------------------
-    def prepare(self, encoded: EncodedPairs) -> None:
+    def prepare(self, encoded: ShardedPairs) -> None:
         """Load the dataset's table from beside its latent cache, computing it on a miss."""
         file = None
         if encoded.cache_folder is not None:
@@ -129,7 +129,7 @@ class PairEmbeddings:
         return combine(text, image_w, self.embedding), combine(text, image_l, self.embedding)
 
 
-def _read_table(file: Path, encoded: EncodedPairs) -> dict[str, torch.Tensor] | None:
+def _read_table(file: Path, encoded: ShardedPairs) -> dict[str, torch.Tensor] | None:
     try:
         table = load_file(file)
         sizes = (len(table["text"]), len(table["image_w"]), len(table["image_l"]))

@@ -1,4 +1,4 @@
-"""SPO: step-aware preference optimization (Liang et al. 2024, ALGORITHMS.md §5).
+"""SPO: step-aware preference optimization (Liang et al. 2024, docs/algorithms.md, "SPO").
 
 Online. A sampling round turns a batch of prompts into single-step preference pairs (the
 pool sampler, judged by the step-aware preference model); training then walks through those
@@ -24,6 +24,7 @@ from alignkit.config import AlgoConfig
 from alignkit.data.prompts import PromptBatch
 from alignkit.losses import spo_loss
 from alignkit.models import Backbone
+from alignkit.parts import Part
 from alignkit.pool_sampler import PoolConfig, PoolSampler, StepScorer, Transitions, redistribute
 from alignkit.sampling import ddim_step_log_prob, guided_prediction, split_prediction
 
@@ -40,7 +41,7 @@ class SPOConfig(PoolConfig, AlgoConfig):
     eps: float = 0.1
     train_batch_size: int = 10
     train_cfg: bool = True
-    spm_tower: str = "open_clip"
+    spm_tower: str = "hf"
     spm_base: str | None = None
     spm_checkpoint: str | None = None
     spm_tokenizer: str | None = None
@@ -68,7 +69,15 @@ def build_step_scorer(cfg: SPOConfig, device: torch.device) -> StepScorer:
     reward blind to ``t`` (a diagnostic: no learned model)."""
     from alignkit.rewards.spm import load_spm, tiny_random_spm
 
-    if cfg.spm_base and cfg.spm_base.startswith(REWARD_SPM_PREFIX):
+    if cfg.spm_base is None:
+        raise ValueError(
+            "algo=spo needs a step-aware preference model and none is set: pass "
+            "algo.spm_base=<PickScore_v1: hub id or folder> "
+            "algo.spm_tokenizer=<its processor: laion/CLIP-ViT-H-14-laion2B-s32B-b79K> "
+            "algo.spm_checkpoint=<the SPM weights file> (model=sd15 and model=sdxl set the "
+            "authors' released ones), or algo.spm_base=tiny_random for a smoke run"
+        )
+    if cfg.spm_base.startswith(REWARD_SPM_PREFIX):
         return reward_step_scorer(cfg.spm_base[len(REWARD_SPM_PREFIX) :], cfg.reward_logit_scale)
     if cfg.spm_base == TINY_RANDOM_SPM:
         spm = tiny_random_spm()
@@ -77,10 +86,28 @@ def build_step_scorer(cfg: SPOConfig, device: torch.device) -> StepScorer:
     return spm.eval().requires_grad_(False).to(device)
 
 
+def spm_parts(cfg: SPOConfig) -> list[Part]:
+    """The SPM's base CLIP, processor and step-aware weights, where they are external."""
+    if not cfg.spm_base or cfg.spm_base == TINY_RANDOM_SPM:
+        return []
+    if cfg.spm_base.startswith(REWARD_SPM_PREFIX):
+        return []
+    parts = [Part("the SPM's base CLIP (PickScore_v1)", "algo.spm_base", cfg.spm_base, "model")]
+    if cfg.spm_tower == "hf" and cfg.spm_tokenizer:
+        parts.append(
+            Part("the SPM's CLIP processor", "algo.spm_tokenizer", cfg.spm_tokenizer, "model")
+        )
+    if cfg.spm_checkpoint:
+        what = "the step-aware preference model's weights"
+        parts.append(Part(what, "algo.spm_checkpoint", cfg.spm_checkpoint, "file"))
+    return parts
+
+
 @ALGORITHMS.register("spo")
 class StepAwarePreferenceOptimization:
     data_kind = "prompts"
     config_class = SPOConfig
+    required_parts = staticmethod(spm_parts)
 
     def __init__(
         self, cfg: SPOConfig, backbone: Backbone, scorer: StepScorer | None = None
@@ -137,7 +164,7 @@ class StepAwarePreferenceOptimization:
         backbone = self.backbone
         if self.cfg.train_cfg:
             if self._uncond is None:
-                self._uncond = backbone.encode_prompts([""])
+                self._uncond = backbone.unconditional_text(1)
             text = {k: torch.cat([self._uncond[k].expand_as(v), v]) for k, v in batch.text.items()}
             out = backbone.predict(
                 torch.cat([x_t, x_t]),

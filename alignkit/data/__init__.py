@@ -41,10 +41,17 @@ def build_batches(
     batch_size: int,
     seed: int,
     device: torch.device | str | None = None,
+    process_index: int = 0,
+    num_processes: int = 1,
 ) -> PairBatches | PromptBatches:
-    """The batch source for ``data.kind``: encoded preference pairs, or prompts."""
+    """The batch source for ``data.kind``: encoded preference pairs, or prompts.
+
+    ``process_index`` of ``num_processes`` shares the latent cache build among processes.
+    """
     if cfg.kind == "prompts":
         return build_prompt_batches(cfg, batch_size, seed)
     if cfg.kind == "pairs":
-        return build_pair_batches(cfg, encoder, resolution, batch_size, seed, device)
+        return build_pair_batches(
+            cfg, encoder, resolution, batch_size, seed, device, process_index, num_processes
+        )
     raise ValueError(f"unknown data.kind={cfg.kind!r}; choose 'pairs' or 'prompts'")

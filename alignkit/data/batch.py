@@ -14,8 +14,11 @@ class ImageTextEncoder(Protocol):
     #: A string that changes whenever the encoders' weights or config change (cache key part).
     identity: str
 
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels ``[B, 3, H, W]`` in [-1, 1] -> scaled VAE latents ``[B, C, H/f, W/f]``."""
+    def encode_images(
+        self, pixels: torch.Tensor, generators: list[torch.Generator] | None = None
+    ) -> torch.Tensor:
+        """Pixels ``[B, 3, H, W]`` in [-1, 1] -> scaled VAE latents ``[B, C, H/f, W/f]``: the
+        posterior mode, or one posterior sample per image drawn from ``generators``."""
         ...
 
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:

@@ -1,14 +1,20 @@
 """The on-disk latent cache: a dataset's encodings, computed once per model, view and data.
 
-Layout: ``<cache root>/<key>/`` holds ``manifest.json`` (format, key parts, distinct prompts,
-row ids, tie and corrupt-row counts, shard names), ``pairs-NNNNN.safetensors`` (latents_w,
-latents_l, micro_cond, text_index per row), ``prompts-NNNNN.safetensors`` (one ``text.<name>``
-tensor per encoder output, per distinct prompt) and ``empty_prompt.safetensors`` (the
-encoding of "" for caption dropout). Shards keep any one file small.
+Layout of ``<cache root>/<key>/``:
 
-A cache is built in a hidden temporary folder beside its final place, synced to disk and
-renamed into it only when complete, so a crash never leaves a half-written folder that a
-later run trusts.
+* ``pairs-NNNNN.safetensors``: shard N, the pairs at positions ``[N*S, (N+1)*S)`` of the
+  dataset (S = ``data.shard_pairs``) that decoded: ``latents_w``, ``latents_l``,
+  ``micro_cond``, ``row_ids``, ``text_index`` per row and ``text.<name>`` per distinct
+  prompt of the shard; its metadata lists those prompts, the positions it covers and its
+  undecodable rows. Shards are independent, so processes build them in parallel, and a
+  finished one is never encoded again.
+* ``empty_prompt.safetensors``: the encoding of "" (caption dropout).
+* ``index.safetensors`` (row ids, global prompt index, rows per shard) and
+  ``manifest.json`` (key parts, distinct prompts, tie and corrupt-row counts), written once
+  every shard exists: a folder with a manifest is complete.
+
+Every file is written under a temporary name, flushed to disk and renamed into place, so a
+crash leaves only whole files, which a rerun keeps.
 """
 
 from __future__ import annotations
@@ -16,28 +22,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from alignkit.data.encoded import EncodedPairs
-from alignkit.durable import fsync_path, fsync_tree
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 CACHE_DIR_ENV = "ALIGNKIT_CACHE_DIR"
 DEFAULT_CACHE_DIR = "~/.cache/alignkit/latents"
 MANIFEST = "manifest.json"
+INDEX = "index.safetensors"
 EMPTY_PROMPT = "empty_prompt.safetensors"
-SHARD_BYTES = 256 * 2**20
+TEMPORARY_SUFFIX = ".partial"
 
 
 class CacheReadError(RuntimeError):
     """A cache folder exists but cannot be read back (edited, truncated, old format)."""
+
+
+class CacheWriteError(ValueError):
+    """The cache folder cannot be written (no permission, disk full): a setting to change."""
 
 
 def cache_root(configured: str | None) -> Path:
@@ -51,90 +60,122 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:24]
 
 
-def _shard_rows(tensors: dict[str, torch.Tensor]) -> int:
-    row_bytes = sum(value[0].nelement() * value.element_size() for value in tensors.values())
-    return max(1, SHARD_BYTES // max(row_bytes, 1))
+def shard_name(number: int) -> str:
+    return f"pairs-{number:05d}.safetensors"
 
 
-def _write_shards(folder: Path, prefix: str, tensors: dict[str, torch.Tensor]) -> list[str]:
-    rows = len(next(iter(tensors.values())))
-    step = _shard_rows(tensors)
-    names = []
-    for number, start in enumerate(range(0, rows, step)):
-        name = f"{prefix}-{number:05d}.safetensors"
-        shard = {
-            key: value[start : start + step].clone(memory_format=torch.contiguous_format)
-            for key, value in tensors.items()
-        }
-        save_file(shard, folder / name)
-        names.append(name)
-    return names
+def publish(path: Path, write: Callable[[Path], None]) -> None:
+    """``write`` a temporary file beside ``path``, flush it to disk, then rename it to ``path``.
 
-
-def _read_shards(folder: Path, names: list[str]) -> dict[str, torch.Tensor]:
-    shards = [load_file(folder / name) for name in names]
-    return {key: torch.cat([shard[key] for shard in shards]) for key in shards[0]}
-
-
-def save_encoded(encoded: EncodedPairs, folder: Path, record: dict[str, Any]) -> None:
-    """Write ``encoded`` (and ``record``, kept in the manifest) atomically as ``folder``."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    Readers (and a rerun after a crash) see either no file or the whole file.
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
     try:
-        pair_shards = _write_shards(
-            staging,
-            "pairs",
-            {
-                "latents_w": encoded.latents_w,
-                "latents_l": encoded.latents_l,
-                "micro_cond": encoded.micro_cond,
-                "text_index": encoded.text_index,
-            },
-        )
-        text = {f"text.{name}": value for name, value in encoded.text.items()}
-        prompt_shards = _write_shards(staging, "prompts", text)
-        save_file(
-            {k: v.contiguous() for k, v in encoded.empty_text.items()}, staging / EMPTY_PROMPT
-        )
-        manifest = {
-            "format": CACHE_FORMAT,
-            **record,
-            "num_pairs": encoded.num_pairs,
-            "row_ids": encoded.row_ids,
-            "prompts": encoded.prompts,
-            "pair_shards": pair_shards,
-            "prompt_shards": prompt_shards,
-        }
-        (staging / MANIFEST).write_text(json.dumps(manifest))
-        fsync_tree(staging)
+        write(temporary)
+        descriptor = os.open(temporary, os.O_RDONLY)
         try:
-            staging.rename(folder)
-        except OSError:
-            if not (folder / MANIFEST).is_file():
-                raise
-        fsync_path(folder.parent)
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, path)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def load_encoded(folder: Path) -> tuple[EncodedPairs, dict[str, Any]]:
-    """The cached pairs and the manifest; ``CacheReadError`` if the folder is not a sound cache."""
+        temporary.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        if manifest.get("format") != CACHE_FORMAT:
-            raise ValueError(f"format {manifest.get('format')}, expected {CACHE_FORMAT}")
-        pairs = _read_shards(folder, manifest["pair_shards"])
-        text = _read_shards(folder, manifest["prompt_shards"])
-        encoded = EncodedPairs(
-            latents_w=pairs["latents_w"],
-            latents_l=pairs["latents_l"],
-            micro_cond=pairs["micro_cond"],
-            text_index=pairs["text_index"],
-            prompts=manifest["prompts"],
-            text={name.removeprefix("text."): value for name, value in text.items()},
-            empty_text=load_file(folder / EMPTY_PROMPT),
-            row_ids=manifest["row_ids"],
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def write_shard(
+    path: Path, positions: range, encoded: EncodedPairs | None, corrupt: dict[int, str]
+) -> None:
+    """Publish one shard: its encoded pairs (none if no row decoded) and its corrupt rows."""
+    metadata = {
+        "positions": json.dumps([positions.start, positions.stop]),
+        "prompts": json.dumps(encoded.prompts if encoded else []),
+        "corrupt_rows": json.dumps(sorted(corrupt.items())),
+    }
+    if encoded is None:
+        tensors = {"row_ids": torch.zeros(0, dtype=torch.long)}
+    else:
+        tensors = {
+            "latents_w": encoded.latents_w,
+            "latents_l": encoded.latents_l,
+            "micro_cond": encoded.micro_cond,
+            "text_index": encoded.text_index,
+            "row_ids": torch.tensor(encoded.row_ids, dtype=torch.long),
+            **{f"text.{name}": value for name, value in encoded.text.items()},
+        }
+    tensors = {key: value.contiguous() for key, value in tensors.items()}
+    publish(path, lambda temporary: save_file(tensors, temporary, metadata=metadata))
+
+
+def read_shard_metadata(path: Path) -> dict[str, Any]:
+    """A shard's positions, prompts, corrupt rows and row ids; ``CacheReadError`` if unsound."""
+    try:
+        with safe_open(path, framework="pt") as shard:
+            metadata = shard.metadata() or {}
+            names = list(shard.keys())
+            return {
+                "positions": range(*json.loads(metadata["positions"])),
+                "prompts": json.loads(metadata["prompts"]),
+                "corrupt_rows": [tuple(pair) for pair in json.loads(metadata["corrupt_rows"])],
+                "row_ids": shard.get_tensor("row_ids"),
+                "text_index": (
+                    shard.get_tensor("text_index")
+                    if "text_index" in names
+                    else torch.zeros(0, dtype=torch.long)
+                ),
+                "text_names": [
+                    name.removeprefix("text.") for name in names if name.startswith("text.")
+                ],
+            }
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as err:
+        raise CacheReadError(f"cannot read the latent cache shard {path}: {err}") from None
+
+
+def write_empty_prompt(folder: Path, empty_text: dict[str, torch.Tensor]) -> None:
+    tensors = {name: value.contiguous() for name, value in empty_text.items()}
+    publish(folder / EMPTY_PROMPT, lambda temporary: save_file(tensors, temporary))
+
+
+def write_index(folder: Path, shard_names: list[str], record: dict[str, Any]) -> None:
+    """Gather the shards' metadata into ``index.safetensors`` and ``manifest.json``.
+
+    ``record`` (key parts, source, tie counts) goes into the manifest as it is. Prompts are
+    deduplicated across shards, so ``text_index`` in the index points into the manifest's
+    ``prompts``; a row's text tensors still live in its own shard.
+    """
+    prompts: dict[str, int] = {}
+    row_ids, text_index, shard_rows, corrupt_rows = [], [], [], []
+    text_names: list[str] = []
+    for name in shard_names:
+        shard = read_shard_metadata(folder / name)
+        to_global = torch.tensor(
+            [prompts.setdefault(prompt, len(prompts)) for prompt in shard["prompts"]],
+            dtype=torch.long,
         )
-    except (OSError, ValueError, KeyError, TypeError, IndexError, SafetensorError) as err:
-        raise CacheReadError(f"cannot read the latent cache {folder}: {err}") from None
-    return encoded, manifest
+        row_ids.append(shard["row_ids"])
+        text_index.append(to_global[shard["text_index"]])
+        shard_rows.append(len(shard["row_ids"]))
+        corrupt_rows.extend(shard["corrupt_rows"])
+        text_names = text_names or shard["text_names"]
+    index = {
+        "row_ids": torch.cat(row_ids),
+        "text_index": torch.cat(text_index),
+        "shard_rows": torch.tensor(shard_rows, dtype=torch.long),
+    }
+    publish(folder / INDEX, lambda temporary: save_file(index, temporary))
+    manifest = {
+        "format": CACHE_FORMAT,
+        **record,
+        "num_pairs": int(index["shard_rows"].sum()),
+        "shards": shard_names,
+        "text_names": text_names,
+        "prompts": list(prompts),
+        "corrupt_rows": sorted(corrupt_rows),
+    }
+    publish(folder / MANIFEST, lambda temporary: temporary.write_text(json.dumps(manifest)))
+    for leftover in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+        leftover.unlink(missing_ok=True)

@@ -1,17 +1,14 @@
-"""A whole dataset already in latent space, held in memory and gathered into batches.
+"""One cache shard's pairs in latent space, as encoded and before they are written.
 
 Prompts repeat across Pick-a-Pic rows (several image pairs per prompt), so text tensors are
-kept once per distinct prompt and rows point at them through ``text_index``.
+kept once per distinct prompt of the shard and rows point at them through ``text_index``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-
-from alignkit.data.batch import PairBatch
 
 
 @dataclass
@@ -22,11 +19,7 @@ class EncodedPairs:
     text_index: torch.Tensor  # [N], into prompts and text
     prompts: list[str]  # distinct prompts
     text: dict[str, torch.Tensor]  # name -> [len(prompts), ...]
-    empty_text: dict[str, torch.Tensor]  # name -> [1, ...]: the encoding of ""
     row_ids: list[int]  # [N], source row ids
-    # the latent cache folder these came from, if any: derived caches (e.g. RPO's CLIP
-    # embeddings) are stored beside it, so they are keyed by everything the latents are
-    cache_folder: Path | None = None
 
     def __post_init__(self) -> None:
         rows = {
@@ -45,16 +38,3 @@ class EncodedPairs:
     @property
     def num_pairs(self) -> int:
         return len(self.row_ids)
-
-    def gather(self, positions: list[int], epoch: int) -> PairBatch:
-        """The pairs at ``positions`` (the epoch does not matter: views were fixed once)."""
-        index = torch.tensor(positions, dtype=torch.long)
-        text_rows = self.text_index[index]
-        return PairBatch(
-            latents_w=self.latents_w[index],
-            latents_l=self.latents_l[index],
-            text={name: value[text_rows] for name, value in self.text.items()},
-            micro_cond=self.micro_cond[index],
-            prompts=[self.prompts[row] for row in text_rows.tolist()],
-            row_ids=[self.row_ids[position] for position in positions],
-        )

@@ -1,16 +1,15 @@
 """Running the frozen encoders over pixels and prompts, in bounded mini-batches.
 
-Shared by the cache builder (the whole dataset once) and on-the-fly batches, so both give
+Shared by the cache builder (each shard once) and on-the-fly batches, so both give
 bit-for-bit the same kind of tensors: on the CPU, detached, in the encoder's dtype.
 """
 
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
 from alignkit.data.batch import ImageTextEncoder
-from alignkit.data.corruption import CorruptDataError, CorruptRowLog
+from alignkit.data.corruption import CorruptRowLog
 from alignkit.data.encoded import EncodedPairs
 from alignkit.data.pairs import PreferencePairs
 from alignkit.data.seeding import derived_generator
@@ -23,23 +22,25 @@ def encode_pixels(
     pixels: torch.Tensor,
     batch_size: int,
     device: torch.device | str | None = None,
+    generators: list[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """Pixels ``[B, 3, H, W]`` -> latents on the CPU, ``batch_size`` images per encoder call."""
+    """Pixels ``[B, 3, H, W]`` -> latents on the CPU, ``batch_size`` images per encoder call;
+    posterior samples drawn from ``generators`` (one per image), else the posterior mode."""
     chunks = []
     for start in range(0, len(pixels), batch_size):
         chunk = pixels[start : start + batch_size]
-        chunks.append(encoder.encode_images(chunk if device is None else chunk.to(device)))
+        draws = None if generators is None else generators[start : start + batch_size]
+        chunks.append(encoder.encode_images(chunk if device is None else chunk.to(device), draws))
     return torch.cat([chunk.detach().cpu() for chunk in chunks]).contiguous()
 
 
 @torch.no_grad()
 def encode_texts(
-    encoder: ImageTextEncoder, prompts: list[str], batch_size: int, progress: bool = False
+    encoder: ImageTextEncoder, prompts: list[str], batch_size: int
 ) -> dict[str, torch.Tensor]:
     """Prompts -> text tensors on the CPU, ``batch_size`` prompts per encoder call."""
     parts: dict[str, list[torch.Tensor]] = {}
-    starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="encoding prompts", unit="batch", disable=not progress):
+    for start in range(0, len(prompts), batch_size):
         for name, value in encoder.encode_prompts(prompts[start : start + batch_size]).items():
             parts.setdefault(name, []).append(value.detach().cpu())
     return {name: torch.cat(values).contiguous() for name, values in parts.items()}
@@ -69,51 +70,49 @@ def encode_views(
     batch_size: int,
     device: torch.device | str | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Winner and loser latents of ``views``."""
-    latents_w = encode_pixels(encoder, torch.stack([v.pixels_w for v in views]), batch_size, device)
-    latents_l = encode_pixels(encoder, torch.stack([v.pixels_l for v in views]), batch_size, device)
-    return latents_w, latents_l
+    """Winner and loser latents of ``views`` (posterior samples when the views carry seeds)."""
+    latents = []
+    for side, pixels in (("w", [v.pixels_w for v in views]), ("l", [v.pixels_l for v in views])):
+        generators = None
+        if views[0].latent_seed is not None:
+            generators = [derived_generator("latent", v.latent_seed, side) for v in views]
+        latents.append(encode_pixels(encoder, torch.stack(pixels), batch_size, device, generators))
+    return latents[0], latents[1]
 
 
 def encode_dataset(
     pairs: PreferencePairs,
+    positions: range,
     transform: PairTransform,
     encoder: ImageTextEncoder,
     seed: int,
     batch_size: int,
     corrupt: CorruptRowLog,
     device: torch.device | str | None = None,
-) -> EncodedPairs:
-    """Every decodable pair in latent space, each row's crop and flip drawn once.
+) -> EncodedPairs | None:
+    """The decodable pairs at ``positions`` in latent space (``None`` if none decodes).
 
-    A row's view comes from a generator seeded by ``(seed, row id)``, so it does not depend
-    on which other rows exist or in which order they are encoded.
+    Each row's crop and flip are drawn once, from a generator seeded by ``(seed, row id)``, so
+    a row's view does not depend on which other rows exist or in which order, or by which
+    process, they are encoded.
     """
-    latents_w, latents_l, micro_cond, positions = [], [], [], []
-    with tqdm(total=pairs.num_pairs, desc="encoding pairs", unit="pair") as bar:
-        for start in range(0, pairs.num_pairs, batch_size):
-            chunk = range(start, min(start + batch_size, pairs.num_pairs))
-            views = {}
-            for position in chunk:
-                generator = derived_generator("view", seed, pairs.row_ids[position])
-                view = view_pair(pairs, position, transform, generator, corrupt)
-                if view is not None:
-                    views[position] = view
-            if views:
-                encoded_w, encoded_l = encode_views(
-                    encoder, list(views.values()), batch_size, device
-                )
-                latents_w.append(encoded_w)
-                latents_l.append(encoded_l)
-                micro_cond.extend(view.micro_cond for view in views.values())
-                positions.extend(views)
-            bar.update(len(chunk))
-    if not positions:
-        raise CorruptDataError(
-            f"none of the {pairs.num_pairs} pairs in {corrupt.where} has decodable images "
-            f"(rows {corrupt.corrupt_preview()}); check that jpg_0/jpg_1 hold encoded images"
-        )
-    captions = [pairs.caption(position) for position in positions]
+    latents_w, latents_l, micro_cond, kept, captions = [], [], [], [], []
+    for start in range(positions.start, positions.stop, batch_size):
+        views = {}
+        for position in range(start, min(start + batch_size, positions.stop)):
+            generator = derived_generator("view", seed, pairs.row_ids[position])
+            view = view_pair(pairs, position, transform, generator, corrupt)
+            if view is not None:
+                views[position] = view
+                captions.append(pairs.caption(position))  # while the row is at hand
+        if views:
+            encoded_w, encoded_l = encode_views(encoder, list(views.values()), batch_size, device)
+            latents_w.append(encoded_w)
+            latents_l.append(encoded_l)
+            micro_cond.extend(view.micro_cond for view in views.values())
+            kept.extend(views)
+    if not kept:
+        return None
     prompts = list(dict.fromkeys(captions))
     prompt_index = {prompt: index for index, prompt in enumerate(prompts)}
     return EncodedPairs(
@@ -122,7 +121,6 @@ def encode_dataset(
         micro_cond=torch.stack(micro_cond),
         text_index=torch.tensor([prompt_index[c] for c in captions], dtype=torch.long),
         prompts=prompts,
-        text=encode_texts(encoder, prompts, batch_size, progress=True),
-        empty_text=encode_texts(encoder, [""], 1),
-        row_ids=[pairs.row_ids[position] for position in positions],
+        text=encode_texts(encoder, prompts, batch_size),
+        row_ids=[pairs.row_ids[position] for position in kept],
     )

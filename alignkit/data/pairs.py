@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import pyarrow as pa
 
 from alignkit.data.corruption import preview_row_ids
-from alignkit.data.source import SchemaError
+from alignkit.data.rows import RowReader
+from alignkit.data.schema import SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +22,15 @@ VALID_LABELS = (0.0, 0.5, 1.0)
 
 
 class PreferencePairs:
-    """The kept rows of a source table, each readable as (caption, winner, loser).
+    """The kept rows of a source, each readable as (caption, winner, loser).
 
     Positions ``0..num_pairs-1`` index the kept rows; ``row_ids[k]`` is the row's index in
-    the source table, the id that messages and caches use.
+    the source, the id that messages and caches use. Only the labels are read up front; a
+    row's caption and images are read when asked for.
     """
 
-    def __init__(self, table: pa.Table, drop_ties: bool, where: str) -> None:
-        label_0 = table.column("label_0").to_numpy(zero_copy_only=False)
-        label_1 = table.column("label_1").to_numpy(zero_copy_only=False)
+    def __init__(self, rows: RowReader, drop_ties: bool, where: str) -> None:
+        label_0, label_1 = rows.labels()
         unlabelled = np.flatnonzero(np.isnan(label_0) | np.isnan(label_1))
         if unlabelled.size:
             raise SchemaError(
@@ -41,8 +41,8 @@ class PreferencePairs:
         _check_label_values(label_0, label_1, where)
         ties = label_0 == label_1
         keep = ~ties if drop_ties else np.ones_like(ties)
-        self.table = table
-        self.source_rows = table.num_rows
+        self.rows = rows
+        self.source_rows = rows.num_rows
         self.ties_dropped = int(ties.sum()) if drop_ties else 0
         self.row_ids: list[int] = np.flatnonzero(keep).tolist()
         self._swapped = (label_1 > label_0)[keep]
@@ -67,14 +67,12 @@ class PreferencePairs:
         return len(self.row_ids)
 
     def caption(self, position: int) -> str:
-        return self.table.column("caption")[self.row_ids[position]].as_py()
+        return self.rows.read([self.row_ids[position]])[0].caption
 
     def image_bytes(self, position: int) -> tuple[bytes | None, bytes | None]:
         """The encoded (winner, loser) images; ``None`` where the row has no image."""
-        row = self.row_ids[position]
-        first = self.table.column("jpg_0")[row].as_py()
-        second = self.table.column("jpg_1")[row].as_py()
-        return (second, first) if self._swapped[position] else (first, second)
+        row = self.rows.read([self.row_ids[position]])[0]
+        return (row.jpg_1, row.jpg_0) if self._swapped[position] else (row.jpg_0, row.jpg_1)
 
 
 def _check_label_values(label_0: np.ndarray, label_1: np.ndarray, where: str) -> None:

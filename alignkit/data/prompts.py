@@ -7,32 +7,63 @@ exactly the prompts an uninterrupted one would.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from alignkit import hub
 from alignkit.config import DataConfig
+from alignkit.data.general_prompts import GENERAL_PROMPTS
 from alignkit.data.seeding import derived_generator
 
 TINY_SPLITS = ("tiny_train", "tiny_heldout")
+GENERAL = "general"
 
 
 def load_prompt_list(spec: str) -> list[str]:
-    """``tiny_train`` / ``tiny_heldout`` (the tiny world's splits) or a text file, one a line."""
+    """``tiny_train`` / ``tiny_heldout`` (the tiny world's splits), ``general`` (a dozen
+    varied prompts for real models), a text file (one prompt a line), or a JSON list of
+    prompts or of ``{"caption": ...}`` objects (the SPO authors' 4k_training_prompts.json),
+    given as a local path or an ``https://`` URL (downloaded once)."""
     if spec in TINY_SPLITS:
         from alignkit.tinyworld import heldout_prompts, train_prompts
 
         return train_prompts() if spec == "tiny_train" else heldout_prompts()
-    path = Path(spec).expanduser()
+    if spec == GENERAL:
+        return list(GENERAL_PROMPTS)
+    path = hub.resolve_file(spec, "data.path") if hub.is_url(spec) else Path(spec).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
-            f"prompts {spec!r}: no such file; pass {' or '.join(TINY_SPLITS)} or a text file "
-            "with one prompt a line"
+            f"prompts {spec!r}: no such file; pass {', '.join((*TINY_SPLITS, GENERAL))}, a "
+            "text file with one prompt a line, or a JSON list of prompts"
         )
-    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    prompts = _json_prompts(text, path) if path.suffix == ".json" else text.splitlines()
+    prompts = [prompt.strip() for prompt in prompts if prompt.strip()]
     if not prompts:
         raise ValueError(f"prompt file {path} holds no prompts (one prompt a line expected)")
+    return prompts
+
+
+def _json_prompts(text: str, path: Path) -> list[str]:
+    try:
+        entries = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"prompt file {path} is not valid JSON ({err})") from None
+    if not isinstance(entries, list):
+        raise ValueError(f"prompt file {path}: expected a JSON list, got {type(entries).__name__}")
+    prompts = []
+    for index, entry in enumerate(entries):
+        if isinstance(entry, dict) and isinstance(entry.get("caption"), str):
+            entry = entry["caption"]
+        if not isinstance(entry, str):
+            raise ValueError(
+                f"prompt file {path}: entry {index} is neither a string nor an object with a "
+                f"'caption' string: {entry!r}"
+            )
+        prompts.append(entry)
     return prompts
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -11,17 +12,17 @@ import torch
 from alignkit.config import DataConfig
 from alignkit.data.batch import ImageTextEncoder, PairBatch
 from alignkit.data.cache import (
+    CACHE_DIR_ENV,
     MANIFEST,
     CacheReadError,
+    CacheWriteError,
     cache_key,
     cache_root,
-    load_encoded,
-    save_encoded,
 )
-from alignkit.data.corruption import CorruptRowLog
-from alignkit.data.encoded import EncodedPairs
-from alignkit.data.encoding import encode_dataset
+from alignkit.data.cache_build import CachePlan, Encoding, build_cache
+from alignkit.data.corruption import CorruptDataError, CorruptRowLog
 from alignkit.data.pairs import PreferencePairs
+from alignkit.data.sharded import ShardedPairs
 from alignkit.data.source import HubDataset, LocalParquet
 from alignkit.data.streaming import StreamingPairs
 from alignkit.data.transforms import PairTransform
@@ -57,7 +58,9 @@ def cache_key_parts(
         "drop_ties": cfg.drop_ties,
         "random_crop": cfg.random_crop,
         "random_flip": cfg.random_flip,
+        "latents": cfg.latents,
         "seed": seed,
+        "shard_pairs": cfg.shard_pairs,
     }
 
 
@@ -70,21 +73,38 @@ def open_streaming_pairs(
     device: torch.device | str | None,
 ) -> StreamingPairs:
     where = source.describe()
-    pairs = PreferencePairs(source.load(cfg.max_rows), cfg.drop_ties, where)
+    pairs = PreferencePairs(source.open(cfg.max_rows), cfg.drop_ties, where)
     corrupt = CorruptRowLog(cfg.max_corrupt_fraction, where)
     return StreamingPairs(pairs, transform, encoder, seed, cfg.encode_batch_size, corrupt, device)
 
 
-def _check_cached_corruption(
-    manifest: dict[str, Any], encoded: EncodedPairs, cfg: DataConfig
-) -> None:
+def _check_cached_corruption(store: ShardedPairs, cfg: DataConfig) -> None:
+    """Apply ``data.max_corrupt_fraction`` to the rows the build could not decode."""
+    manifest = store.manifest
     corrupt = CorruptRowLog(cfg.max_corrupt_fraction, manifest["source"])
-    for row_id in encoded.row_ids:
-        corrupt.record_decoded(row_id)
     for row_id, reason in manifest["corrupt_rows"]:
         corrupt.record_corrupt(row_id, reason)
+    if not store.num_pairs:
+        raise CorruptDataError(
+            f"none of the {corrupt.seen} pairs in {corrupt.where} has decodable images (rows "
+            f"{corrupt.corrupt_preview()}); check that jpg_0/jpg_1 hold encoded images"
+        )
+    for row_id in store.row_ids:
+        corrupt.record_decoded(row_id)
     corrupt.raise_if_too_many()
     corrupt.warn_summary()
+
+
+def _open_existing(folder: Path) -> ShardedPairs | None:
+    """The finished cache in ``folder``; ``None`` (and the folder removed) if unreadable."""
+    if not (folder / MANIFEST).is_file():
+        return None
+    try:
+        return ShardedPairs(folder)
+    except CacheReadError as err:
+        log.warning("%s; deleting it and encoding again", err)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
 
 
 def open_cached_pairs(
@@ -94,52 +114,48 @@ def open_cached_pairs(
     transform: PairTransform,
     seed: int,
     device: torch.device | str | None,
-) -> EncodedPairs:
-    """The encoded dataset from ``<cache root>/<key>``, encoding and writing it on a miss."""
+    process_index: int = 0,
+    num_processes: int = 1,
+) -> ShardedPairs:
+    """The cached dataset in ``<cache root>/<key>``, built (in parallel, resumably) on a miss.
+
+    Each of ``num_processes`` processes encodes its share of the shards, then all read the
+    whole cache.
+    """
     parts = cache_key_parts(cfg, source, encoder, transform.resolution, seed)
     key = cache_key(parts)
     folder = cache_root(cfg.cache_dir) / key
-    if (folder / MANIFEST).is_file():
-        try:
-            encoded, manifest = load_encoded(folder)
-        except CacheReadError as err:
-            log.warning("%s; deleting it and encoding again", err)
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            log.info(
-                "latent cache hit: %s (%d pairs; %d tie rows dropped)",
-                folder,
-                encoded.num_pairs,
-                manifest["ties_dropped"],
-            )
-            _check_cached_corruption(manifest, encoded, cfg)
-            encoded.cache_folder = folder
-            return encoded
-    where = source.describe()
-    pairs = PreferencePairs(source.load(cfg.max_rows), cfg.drop_ties, where)
-    corrupt = CorruptRowLog(cfg.max_corrupt_fraction, where)
-    log.info("latent cache miss: encoding %d pairs of %s into %s", pairs.num_pairs, where, folder)
-    encoded = encode_dataset(
-        pairs, transform, encoder, seed, cfg.encode_batch_size, corrupt, device
-    )
-    record = {
-        "key": key,
-        "key_parts": parts,
-        "source": where,
-        "source_rows": pairs.source_rows,
-        "ties_dropped": pairs.ties_dropped,
-        "corrupt_rows": sorted(corrupt.corrupt.items()),
-    }
-    try:
-        save_encoded(encoded, folder, record)
-        encoded.cache_folder = folder
-    except OSError as err:
-        log.warning(
-            "could not write the latent cache to %s (%s); training goes on without it. Set "
-            "data.cache_dir or ALIGNKIT_CACHE_DIR to a writable folder to reuse the encodings",
+    store = _open_existing(folder)
+    if store is not None:
+        log.info(
+            "latent cache hit: %s (%d pairs; %d tie rows dropped)",
             folder,
-            err,
+            store.num_pairs,
+            store.manifest["ties_dropped"],
         )
-    corrupt.raise_if_too_many()
-    corrupt.warn_summary()
-    return encoded
+    else:
+        where = source.describe()
+        pairs = PreferencePairs(source.open(cfg.max_rows), cfg.drop_ties, where)
+        plan = CachePlan(folder, pairs.num_pairs, cfg.shard_pairs)
+        log.info(
+            "latent cache miss: encoding %d pairs of %s into %s", pairs.num_pairs, where, folder
+        )
+        record = {
+            "key": key,
+            "key_parts": parts,
+            "source": where,
+            "source_rows": pairs.source_rows,
+            "ties_dropped": pairs.ties_dropped,
+        }
+        encoding = Encoding(encoder, transform, seed, cfg.encode_batch_size, device)
+        try:
+            build_cache(plan, pairs, encoding, record, process_index, num_processes)
+        except OSError as err:
+            raise CacheWriteError(
+                f"could not write the latent cache to {folder} ({err}); set data.cache_dir or "
+                f"{CACHE_DIR_ENV} to a writable folder with room for the encodings, or encode "
+                "on the fly with data.cache=false"
+            ) from None
+        store = ShardedPairs(folder)
+    _check_cached_corruption(store, cfg)
+    return store

@@ -61,6 +61,8 @@ class PixelPair:
     pixels_w: torch.Tensor
     pixels_l: torch.Tensor
     micro_cond: torch.Tensor
+    # Seed of this view's VAE posterior draw (data.latents=sample); None: the posterior mode.
+    latent_seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class PairTransform:
     resolution: int
     random_crop: bool
     random_flip: bool
+    sample_latents: bool = False
 
     def draw(self, width: int, height: int, generator: torch.Generator) -> CropFlip:
         """The crop and flip of a resized image; always three draws, so plans stay aligned."""
@@ -103,4 +106,8 @@ class PairTransform:
             [image_w.height, image_w.width, plan.top, plan.left, self.resolution, self.resolution],
             dtype=torch.float32,
         )
-        return PixelPair(pixels_from_image(views[0]), pixels_from_image(views[1]), micro_cond)
+        # drawn after the crop and flip, so those stay what they were without sampling
+        seed = (
+            int(torch.randint(0, 2**62, (1,), generator=generator)) if self.sample_latents else None
+        )
+        return PixelPair(pixels_from_image(views[0]), pixels_from_image(views[1]), micro_cond, seed)

@@ -10,10 +10,11 @@ import torch
 
 from alignkit.config import ModelConfig
 from alignkit.models.backbone import Backbone
+from alignkit.models.components import Components
 from alignkit.models.loading import ModelLoadError, load_pretrained_components
 from alignkit.models.tiny import tiny_sd_components, tiny_sdxl_components
 
-__all__ = ["Backbone", "ModelLoadError", "build_backbone", "model_identity"]
+__all__ = ["Backbone", "ModelLoadError", "build_backbone", "build_components", "model_identity"]
 
 
 def model_identity(cfg: ModelConfig) -> str:
@@ -31,20 +32,24 @@ def model_identity(cfg: ModelConfig) -> str:
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
-def build_backbone(
-    cfg: ModelConfig, device: torch.device | str = "cpu", weight_dtype: torch.dtype = torch.float32
-) -> Backbone:
-    """Load (or, for ``init=random``, build) the model and prepare it for training."""
+def build_components(cfg: ModelConfig) -> Components:
+    """The model's modules as stored (pretrained) or as built (``init=random``, a fixed seed:
+    the same weights on every call with the same torch and diffusers)."""
     if cfg.init == "random":
         prediction_type = cfg.prediction_type or "epsilon"
         builders = {"sd": tiny_sd_components, "sdxl": tiny_sdxl_components}
         if cfg.family not in builders:
             raise ModelLoadError(f"unknown model.family={cfg.family!r}; choose 'sd' or 'sdxl'")
-        components = builders[cfg.family](cfg.resolution, prediction_type)
-    elif cfg.init == "pretrained":
-        components = load_pretrained_components(
+        return builders[cfg.family](cfg.resolution, prediction_type)
+    if cfg.init == "pretrained":
+        return load_pretrained_components(
             cfg.path, cfg.family, cfg.revision, cfg.variant, cfg.vae_path
         )
-    else:
-        raise ModelLoadError(f"unknown model.init={cfg.init!r}; choose 'pretrained' or 'random'")
-    return Backbone(components, cfg, model_identity(cfg), device, weight_dtype)
+    raise ModelLoadError(f"unknown model.init={cfg.init!r}; choose 'pretrained' or 'random'")
+
+
+def build_backbone(
+    cfg: ModelConfig, device: torch.device | str = "cpu", weight_dtype: torch.dtype = torch.float32
+) -> Backbone:
+    """Load (or, for ``init=random``, build) the model and prepare it for training."""
+    return Backbone(build_components(cfg), cfg, model_identity(cfg), device, weight_dtype)

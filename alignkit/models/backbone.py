@@ -9,6 +9,7 @@ reference is the same UNet with adapters disabled; with full fine-tuning it is a
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -23,6 +24,8 @@ from alignkit.models.components import Components
 from alignkit.models.encoder import block_checkpointing_off, unet_encoder_features
 from alignkit.models.schedule import add_noise, regression_target
 from alignkit.models.text import encode_prompts, unet_conditioning
+
+log = logging.getLogger(__name__)
 
 
 def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -59,6 +62,8 @@ class Backbone:
             for encoder in components.text_encoders
         ]
         self.tokenizers = components.tokenizers
+        self.zero_negative_prompt = components.zero_negative_prompt
+        self._negative: dict[str, torch.Tensor] | None = None
         self.unet = components.unet
         self.reference_unet = None
         self._configure_training(cfg)
@@ -69,7 +74,14 @@ class Backbone:
             _place(self.unet, self.device, self.weight_dtype)
             lora_lib.add_lora(self.unet, cfg.lora)
             cast_training_params(self.unet, dtype=torch.float32)
+            if cfg.lora.load:
+                found = lora_lib.load_lora_file(self.unet, cfg.lora)
+                log.info("LoRA started from %s (%s layout)", cfg.lora.load, found)
         elif cfg.finetune == "full":
+            if cfg.lora.load:
+                raise ValueError(
+                    f"model.lora.load={cfg.lora.load} needs model.finetune=lora (it is 'full')"
+                )
             self.unet.to(self.device).requires_grad_(True)
             same = cfg.reference_device == "same"
             reference_device = self.device if same else torch.device(cfg.reference_device)
@@ -84,10 +96,19 @@ class Backbone:
 
     # -- frozen encoders -------------------------------------------------------------------
     @torch.no_grad()
-    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels in [-1, 1] -> scaled latents (the posterior mode: deterministic, cacheable)."""
+    def encode_images(
+        self, pixels: torch.Tensor, generators: list[torch.Generator] | None = None
+    ) -> torch.Tensor:
+        """Pixels in [-1, 1] -> scaled latents: the posterior mode, or with ``generators`` (one
+        per image, on the CPU so draws do not depend on the device) a posterior sample, as
+        the official training scripts take (``latent_dist.sample()``)."""
         posterior = self.vae.encode(pixels.to(self.device, self.weight_dtype)).latent_dist
-        return posterior.mode().float() * self.vae.config.scaling_factor
+        latents = posterior.mode().float()
+        if generators is not None:
+            shape = latents.shape[1:]
+            noise = torch.stack([torch.randn(shape, generator=g) for g in generators])
+            latents = latents + posterior.std.float() * noise.to(latents.device)
+        return latents * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -103,6 +124,25 @@ class Backbone:
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         text = encode_prompts(self.family, self.text_encoders, self.tokenizers, prompts)
         return {k: v.float() for k, v in text.items()}
+
+    def unconditional_text(self, batch: int) -> dict[str, torch.Tensor]:
+        """Classifier-free guidance's unconditional input for ``batch`` rows: zeros where the
+        model forces zeros for the empty prompt (SDXL base, as diffusers' pipeline), else the
+        encoding of "". Computed once."""
+        if self._negative is None:
+            empty = self.encode_prompts([""])
+            self._negative = (
+                {k: torch.zeros_like(v) for k, v in empty.items()}
+                if self.zero_negative_prompt
+                else empty
+            )
+        return {k: v.expand(batch, *v.shape[1:]) for k, v in self._negative.items()}
+
+    def encode_guided(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Text conditioning laid out ``[uncond; cond]`` for one guided UNet call."""
+        cond = self.encode_prompts(list(prompts))
+        uncond = self.unconditional_text(len(prompts))
+        return {k: torch.cat([uncond[k], v]) for k, v in cond.items()}
 
     # -- diffusion ---------------------------------------------------------------------------
     def sample_timesteps(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
@@ -197,6 +237,6 @@ class Backbone:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.cfg.finetune == "lora":
-            return lora_lib.save_lora_for_diffusers(self.unet, self.family, folder)
+            return lora_lib.save_lora_for_diffusers(self.unet, self.family, folder, self.cfg.lora)
         self.unet.save_pretrained(folder / "unet", safe_serialization=True)
         return folder / "unet"

@@ -16,3 +16,7 @@ class Components:
     scheduler: DDPMScheduler
     text_encoders: list[torch.nn.Module]
     tokenizers: list
+    # Classifier-free guidance's unconditional input is all zeros (prompt and pooled
+    # embeddings) rather than the encoding of "": diffusers' SDXL pipeline does this when the
+    # model's ``force_zeros_for_empty_prompt`` is set, as SDXL base sets it.
+    zero_negative_prompt: bool = False

@@ -8,8 +8,9 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from alignkit.config import asset_path
+from alignkit import hub
 from alignkit.models.components import Components
+from alignkit.tinyworld.assets import asset_path
 
 
 class ModelLoadError(RuntimeError):
@@ -21,7 +22,9 @@ def _looks_like_local_path(path: str) -> bool:
     return path.startswith((".", "/", "~")) or path.count("/") != 1 or os.path.exists(path)
 
 
-def _check_path(path: str | None) -> str:
+def check_model_path(path: str | None) -> str:
+    """``path`` expanded, if it can name a model (a hub id or a diffusers folder); else a
+    ModelLoadError that says what is wrong with it."""
     if not path:
         raise ModelLoadError(
             "model.path is empty: pass a hub id (e.g. model.path=runwayml/stable-diffusion-v1-5) "
@@ -72,7 +75,7 @@ def load_pretrained_components(
     vae_path: str | None = None,
 ) -> Components:
     """Every frozen and trainable module of the model, in float32 on the CPU."""
-    path = _check_path(path)
+    path = check_model_path(path)
     # float32 whatever the files hold (transformers 5 would keep fp16 files in fp16); the
     # Backbone casts the frozen modules to the mixed-precision dtype itself.
     common = {"revision": revision, "variant": variant, "torch_dtype": torch.float32}
@@ -96,4 +99,19 @@ def load_pretrained_components(
         ]
     else:
         raise ModelLoadError(f"unknown model.family={family!r}; choose 'sd' or 'sdxl'")
-    return Components(family, unet, vae, scheduler, encoders, tokenizers)
+    zeros = family == "sdxl" and _forces_zero_negative_prompt(path, revision)
+    return Components(family, unet, vae, scheduler, encoders, tokenizers, zeros)
+
+
+def _forces_zero_negative_prompt(path: str, revision: str | None) -> bool:
+    """SDXL's ``force_zeros_for_empty_prompt`` from model_index.json; True (diffusers' SDXL
+    pipeline default, SDXL base's value) when the file does not say."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        index = DiffusionPipeline.load_config(
+            path, revision=revision, local_files_only=hub.local_files_only()
+        )
+    except (OSError, ValueError):
+        return True
+    return bool(index.get("force_zeros_for_empty_prompt", True))

@@ -115,4 +115,5 @@ def tiny_sdxl_components(
             CLIPTextModelWithProjection(_text_config(projection=True)),
         ],
         tokenizers=[offline_clip_tokenizer(), offline_clip_tokenizer(pad_token="!")],
+        zero_negative_prompt=True,  # diffusers' SDXL pipeline default, as SDXL base
     )

@@ -30,7 +30,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from alignkit.config import asset_path
 from alignkit.rewards.preprocess import (
     INTERPOLATIONS,
     RESIZE_MODES,
@@ -38,6 +37,7 @@ from alignkit.rewards.preprocess import (
     resize_crop_normalise,
 )
 from alignkit.rewards.registry import REWARDS
+from alignkit.tinyworld.assets import asset_path
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"

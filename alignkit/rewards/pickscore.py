@@ -4,8 +4,8 @@ Pick-a-Pic, scoring ``logit_scale * cos(image, prompt)``.
 The official recipe pairs the model ``yuvalkirstain/PickScore_v1`` with the processor of
 ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` (shortest side to 224 bicubic, centre crop 224,
 OpenAI CLIP mean/std). The processor's numbers are read from its config; the pixels go through
-``resize_crop_normalise`` so that gradients reach them. Both load with ``local_files_only``: a
-local folder, or a hub id already in the Hugging Face cache — nothing is downloaded.
+``resize_crop_normalise`` so that gradients reach them. Both load from a local folder or a hub
+id (downloaded when the hub is reachable, else taken from the Hugging Face cache).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from alignkit import hub
 from alignkit.rewards.preprocess import resize_crop_normalise
 from alignkit.rewards.registry import REWARDS
 
@@ -46,12 +47,12 @@ class HFClipScorer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, model_path: str, processor_path: str) -> HFClipScorer:
-        """Model and processor from local folders or cached hub ids (never downloaded)."""
+        """Model and processor from local folders or hub ids."""
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
-        model = _load_locally(CLIPModel, model_path, "reward.path")
-        tokenizer = _load_locally(AutoTokenizer, processor_path, "reward.processor")
-        processor = _load_locally(CLIPImageProcessor, processor_path, "reward.processor")
+        model = _load(CLIPModel, model_path, "reward.path")
+        tokenizer = _load(AutoTokenizer, processor_path, "reward.processor")
+        processor = _load(CLIPImageProcessor, processor_path, "reward.processor")
         crop = processor.crop_size
         crop = crop["height"] if isinstance(crop, dict) or hasattr(crop, "height") else crop
         size = processor.size
@@ -105,15 +106,16 @@ class HFClipScorer(nn.Module):
         return self.model.logit_scale.exp().float() * cosine
 
 
-def _load_locally(loader: Any, source: str, key: str) -> Any:
+def _load(loader: Any, source: str, key: str) -> Any:
+    """From a local folder, or a hub id (downloaded when the hub is reachable, else cached)."""
     try:
-        return loader.from_pretrained(source, local_files_only=True)
+        return loader.from_pretrained(source, local_files_only=hub.local_files_only())
     except (OSError, ValueError) as err:
-        where = "folder" if Path(source).exists() else "local folder or cached hub id"
+        where = "folder" if Path(source).exists() else "local folder or hub id"
         raise FileNotFoundError(
-            f"could not load {loader.__name__} from {source!r} ({where}): nothing can be "
-            f"downloaded here. Download it elsewhere (e.g. `huggingface-cli download {source}`) "
-            f"and pass the folder as {key}=/path/to/folder. Cause: {err}"
+            f"could not load {loader.__name__} from {source!r} ({where}). Download it where "
+            f"the hub is reachable (e.g. `huggingface-cli download {source}`) and pass the "
+            f"folder as {key}=/path/to/folder. Cause: {err}"
         ) from None
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from alignkit.config import asset_path
 from alignkit.rewards.clip import ClipModel
 from alignkit.rewards.registry import REWARDS
+from alignkit.tinyworld.assets import asset_path
 
 LABEL_TOLERANCE = 1e-3
 

@@ -1,4 +1,4 @@
-"""The step-aware preference model (SPM) of SPO (Liang et al. 2024, ALGORITHMS.md §5).
+"""The step-aware preference model (SPM) of SPO (Liang et al. 2024, docs/algorithms.md, "SPO").
 
 A PickScore-style CLIP whose vision tower is told the diffusion timestep of the (predicted)
 image it scores: ``t`` -> sinusoidal 256 -> MLP -> width, and DiT-style adaLN in every
@@ -32,11 +32,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from alignkit.config import asset_path
+from alignkit import hub
 from alignkit.rewards.clip import ClipModel
 from alignkit.rewards.preprocess import centre_crop_or_pad, check_images, shortest_side_size
+from alignkit.tinyworld.assets import asset_path
 
 FREQUENCY_DIM = 256
+#: Buffers older transformers saved with CLIPModel (the released SPMs carry them); not weights.
+STALE_BUFFER_SUFFIX = "embeddings.position_ids"
 SPM_WEIGHTS_FILE = "spm_adapter.safetensors"
 #: CLIP's normalisation (OpenAI / laion ViT-H-14 processor: PickScore's preprocessing).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -257,9 +260,15 @@ class StepAwarePreferenceModel(nn.Module):
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> list[str]:
         """Load a (possibly partial) state dict in the wrapped model's layout, ``strict=False``
-        like the released checkpoints; an ``model.`` prefix is stripped. Keys of the added
-        parameters that are absent raise (a checkpoint that misses them is not an SPM)."""
-        state = {k.removeprefix("model."): v for k, v in state.items()}
+        like the released checkpoints; an ``model.`` prefix is stripped. The released files
+        were saved by a transformers that still stored CLIP's ``position_ids`` buffers (now
+        computed, not stored): those keys are dropped. Any other unknown key, or absent keys of
+        the added parameters, raise: such a checkpoint is not an SPM for this tower."""
+        state = {
+            k.removeprefix("model."): v
+            for k, v in state.items()
+            if not k.endswith(STALE_BUFFER_SUFFIX)
+        }
         own = self._clip_module[0].state_dict()
         unexpected = [k for k in state if k not in own]
         if unexpected:
@@ -349,40 +358,39 @@ def tiny_world_spm_base() -> Path:
 
 
 def load_spm(
-    base: str | Path | None = None,
+    base: str | Path,
     checkpoint: str | Path | None = None,
     tower: str = "open_clip",
     tokenizer: str | Path | None = None,
 ) -> StepAwarePreferenceModel:
-    """An SPM from a local base CLIP plus (optionally) trained step-aware weights.
+    """An SPM from a base CLIP plus (optionally) trained step-aware weights.
 
-    ``tower=hf``: ``base`` is a local PickScore_v1 folder (transformers format), ``tokenizer``
-    the folder of its processor (laion/CLIP-ViT-H-14-laion2B-s32B-b79K), and ``checkpoint``
-    the authors' ``*.bin`` / a ``.safetensors`` state dict. ``tower=open_clip``: ``base`` is a
-    ClipModel folder (default: the tiny world's pickscore, else its clip, with the shipped tiny
-    SPM's step-aware weights when no ``checkpoint`` is given), ``checkpoint`` a folder or file
-    written by ``save_adapter``.
+    ``tower=hf``: ``base`` is PickScore_v1 (a hub id or local folder, transformers format),
+    ``tokenizer`` its processor (laion/CLIP-ViT-H-14-laion2B-s32B-b79K), and ``checkpoint``
+    the authors' ``*.bin`` or a ``.safetensors`` state dict (a local file, or
+    ``owner/repo/file`` on the hub). ``tower=open_clip``: ``base`` is a ClipModel folder,
+    ``checkpoint`` a folder or file written by ``save_adapter``. Hub parts download when the
+    hub is reachable and come from the cache when it is not.
     """
     if tower == "hf":
         from transformers import CLIPModel, CLIPTokenizer
 
-        if base is None:
-            raise ValueError("tower=hf needs base=<local PickScore_v1 folder>")
-        model = CLIPModel.from_pretrained(str(base), local_files_only=True)
+        offline = hub.local_files_only()
+        model = CLIPModel.from_pretrained(str(base), local_files_only=offline)
         spm = StepAwarePreferenceModel.from_hf(
-            model, CLIPTokenizer.from_pretrained(str(tokenizer or base), local_files_only=True)
+            model, CLIPTokenizer.from_pretrained(str(tokenizer or base), local_files_only=offline)
         )
     elif tower == "open_clip":
-        if base is None:
-            base = tiny_world_spm_base()
-            shipped = Path(asset_path("spm"))
-            if checkpoint is None and shipped.is_dir():
-                checkpoint = shipped
         spm = StepAwarePreferenceModel.from_clip(ClipModel.load(base))
     else:
         raise ValueError(f"tower={tower!r}: choose 'open_clip' or 'hf'")
     if checkpoint is not None:
-        spm.load_weights(read_state_dict(checkpoint))
+        local = (
+            checkpoint
+            if Path(checkpoint).is_dir()
+            else hub.resolve_file(str(checkpoint), "algo.spm_checkpoint")
+        )
+        spm.load_weights(read_state_dict(local))
     return spm
 
 

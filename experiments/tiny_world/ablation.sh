@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # The tiny world's ablation across methods: one Hydra sweep over the tiny presets
-# (conf/experiment/tiny_*.yaml, drtune_tiny.yaml; about 17 minutes for all eight on 2 CPU
-# cores), each run evaluated against the base model on the held-out prompts, then
-# `python -m alignkit.report` (report.md, report.html in OUT_DIR).
+# (conf/experiment/tiny_*.yaml, drtune_tiny.yaml) x training seeds, each run evaluated against
+# the base model on the 19 held-out prompts x EVAL_SEEDS seeds, then `python -m alignkit.report`
+# (report.md, report.html in OUT_DIR): methods ranked by the judge, with paired bootstrap
+# intervals between every two of them.
 #   bash experiments/tiny_world/ablation.sh [OUT_DIR] [key=value ...]
-#   PRESETS=tiny_rpo,tiny_ncp_dpo bash experiments/tiny_world/ablation.sh /tmp/ab seed=0,1
+#   PRESETS=tiny_rpo,tiny_ncp_dpo SEEDS=0 bash experiments/tiny_world/ablation.sh /tmp/ab
+# Defaults (our choice, docs/tiny_world.md "Ablation across methods"): 3 training seeds and
+# 32 evaluation seeds per prompt (608 paired comparisons per run), about 85 minutes on 2 CPU
+# cores for all eight presets, extrapolated from a short measured run.
 set -euo pipefail
 out=${1:-outputs/tiny_ablation}
 shift || true
 presets=${PRESETS:-tiny_dpo,tiny_sft,tiny_rpo,tiny_ncp_dpo,tiny_ncp_cpo,tiny_ncp_sft,tiny_spo,drtune_tiny}
+seeds=${SEEDS:-0,1,2}
+eval_seeds=${EVAL_SEEDS:-32}
 python=${PYTHON:-python}
-"$python" -m alignkit -m "experiment=$presets" "hydra.sweep.dir=$out" "$@"
+"$python" -m alignkit -m "experiment=$presets" "seed=$seeds" \
+  "eval.seeds_per_prompt=$eval_seeds" "hydra.sweep.dir=$out" "$@"
 "$python" -m alignkit.report "$out"

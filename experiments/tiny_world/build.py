@@ -17,8 +17,9 @@ stage also saves its progress every ``--save-every`` steps and goes on from ther
 5. refine that run's EMA weights with a fresh optimiser and a warm restart of the learning rate
    (2000 steps at a lower peak): held-out fidelity climbs while the learning rate decays, and the
    first run ends still climbing;
-6. save a diffusers folder in half precision that ``StableDiffusionPipeline.from_pretrained(
-   folder, torch_dtype=torch.float32)`` loads (the samples below come from that reload);
+6. save a diffusers folder in half precision that a plain ``StableDiffusionPipeline.from_pretrained(
+   folder)`` loads in float32, like any model on the hub (the samples below come from that
+   reload);
 7. report how often held-out samples show the prompted shape and colour (the judge);
 8. sample preference pairs from the model for the train prompts (two seeds per pair), label
    them with the judge and write them in the Pick-a-Pic schema (``data=tiny_pairs``).
@@ -343,8 +344,18 @@ def save_pipeline(
         requires_safety_checker=False,
     )
     pipeline.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    load_text_encoder_in_float32(out / "text_encoder")
     write_slow_tokenizer_files(out / "tokenizer")
-    return StableDiffusionPipeline.from_pretrained(out, torch_dtype=torch.float32)
+    return StableDiffusionPipeline.from_pretrained(out)
+
+
+def load_text_encoder_in_float32(folder: Path) -> None:
+    """diffusers loads the half-precision UNet and VAE in float32, but transformers loads a
+    text encoder in the dtype its config names: name float32 so the three agree."""
+    config_file = folder / "config.json"
+    config = json.loads(config_file.read_text())
+    config["dtype"] = "float32"
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def write_slow_tokenizer_files(folder: Path) -> None:

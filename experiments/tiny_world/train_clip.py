@@ -28,9 +28,9 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
-from alignkit.config import asset_path
 from alignkit.rewards.clip import WEIGHTS_FILE, ClipModel
 from alignkit.tinyworld import all_prompts, heldout_prompts, parse_prompt, render, train_prompts
+from alignkit.tinyworld.assets import asset_path
 
 MODEL_CFG = {
     "embed_dim": 128,

@@ -27,13 +27,14 @@ from train_clip import (  # this folder's script: run as a script, not -m
     world_token_ids,
 )
 
-from alignkit.config import ModelConfig, asset_path
+from alignkit.config import ModelConfig
 from alignkit.models import Backbone, build_backbone
 from alignkit.rewards.clip import ClipModel
 from alignkit.rewards.preference import preference_loss
 from alignkit.sampling import generate_images
 from alignkit.spm import PairTensors, pairs_from_table, read_pairs
 from alignkit.tinyworld import heldout_prompts, pairs_from_images, train_prompts
+from alignkit.tinyworld.assets import asset_path
 
 VALIDATION_EVERY = 10  # our choice: every tenth row is held back
 RESOLUTION = 32  # the tiny world model's (experiments/tiny_world/build.py)
