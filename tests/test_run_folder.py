@@ -5,8 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
+from alignkit.app import check_resolution
+from alignkit.hydra_callbacks import blocking_file
 from tests.helpers import pair_rows, write_pair_folder
 
 
@@ -97,3 +100,21 @@ def test_bad_paths_labels_and_resolutions_are_one_clear_line(tmp_path):
 
     line = _one_error_line(resolution)
     assert "model.resolution=63 is not a multiple of 8" in line and "use 56 or 64" in line
+
+
+def test_a_file_anywhere_on_the_run_folder_path_is_found(tmp_path):
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("")
+    assert blocking_file(a_file) == a_file
+    assert blocking_file(a_file / "runs" / "one") == a_file  # mkdir would fail under it
+    assert blocking_file(tmp_path / "new" / "run") is None
+    assert blocking_file(tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    ("resolution", "advice"), [(63, "use 56 or 64"), (1030, "use 1024 or 1032"), (4, "use 8")]
+)
+def test_resolutions_off_the_vae_grid_name_the_nearest_valid_ones(resolution, advice):
+    with pytest.raises(ValueError, match=f"model.resolution={resolution} .*; {advice}$"):
+        check_resolution(resolution)
+    check_resolution(resolution - resolution % 8 or 8)  # a multiple of 8 passes
