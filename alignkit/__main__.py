@@ -9,8 +9,10 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from alignkit.checkpoint import CheckpointWriteError
 from alignkit.config import register_configs
 from alignkit.models import ModelLoadError
+from alignkit.preemption import Preempted
 from alignkit.registry import UnknownNameError
 from alignkit.trainer import ConfigMismatchError
 
@@ -25,6 +27,7 @@ USER_ERRORS = (
     ModelLoadError,
     ConfigMismatchError,
     FloatingPointError,
+    CheckpointWriteError,
 )
 
 
@@ -34,6 +37,10 @@ def main(cfg: DictConfig) -> None:
 
     try:
         run(cfg)
+    except Preempted as stop:
+        print(f"alignkit: {stop}", file=sys.stderr)
+        stop.hand_on()  # e.g. submitit's handler: requeues the job and exits on its own
+        sys.exit(stop.exit_code)
     except USER_ERRORS as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

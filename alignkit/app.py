@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import resource
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,14 +27,19 @@ from alignkit.evaluation import evaluate, results_table
 from alignkit.models import build_backbone
 from alignkit.parts import check_parts, collect_parts
 from alignkit.rewards import build_configured_reward
+from alignkit.run_record import write_run_record
 from alignkit.sinks import build_sinks
 from alignkit.tinyworld.assets import asset_path
-from alignkit.trainer import Trainer, TrainResult
+from alignkit.trainer import Trainer, TrainResult, refuse_changed_settings
 from alignkit.watch import build_watch, check_watch_settings
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: what `accelerate launch` exports from `accelerate config` or its --mixed_precision flag
+_ACCELERATE_PRECISION_ENV = "ACCELERATE_MIXED_PRECISION"
+#: the VAE of every supported family maps 8x8 pixels to one latent
+_VAE_FACTOR = 8
 
 
 @dataclass
@@ -51,21 +58,67 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.output_dir)
 
 
+def agree_on_run_dir(run_dir: Path, accelerator: Accelerator) -> Path:
+    """The main process's run folder, for every process: a clock-named output_dir is
+    resolved by each process on its own and may differ between them."""
+    if accelerator.num_processes == 1:
+        return run_dir
+    from accelerate.utils import broadcast_object_list
+
+    agreed = Path(broadcast_object_list([str(run_dir)])[0])
+    if agreed != run_dir:
+        log.warning(
+            "process %d uses the main process's run folder %s", accelerator.process_index, agreed
+        )
+    return agreed
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
-def build_accelerator(cfg: DictConfig) -> Accelerator:
-    precision = cfg.trainer.mixed_precision
+def resolve_mixed_precision(configured: str | None, environ: Mapping[str, str]) -> str:
+    """``trainer.mixed_precision`` when set, else what `accelerate launch` exported, else no."""
+    if configured is not None:
+        precision, source = configured, "trainer.mixed_precision"
+    else:
+        precision = environ.get(_ACCELERATE_PRECISION_ENV, "no").lower()
+        source = f"{_ACCELERATE_PRECISION_ENV} (from accelerate config/launch)"
     if precision not in _DTYPES:
-        raise ValueError(
-            f"unknown trainer.mixed_precision={precision!r}; choose one of {sorted(_DTYPES)}"
-        )
+        raise ValueError(f"unknown {source}={precision!r}; choose one of {sorted(_DTYPES)}")
+    return precision
+
+
+def build_accelerator(cfg: DictConfig) -> Accelerator:
+    precision = resolve_mixed_precision(cfg.trainer.mixed_precision, os.environ)
     if precision == "fp16" and (cfg.trainer.cpu or not torch.cuda.is_available()):
-        raise ValueError("trainer.mixed_precision=fp16 needs a GPU; on the CPU use 'no' or 'bf16'")
-    return Accelerator(mixed_precision=precision, cpu=cfg.trainer.cpu)
+        raise ValueError(
+            "mixed precision fp16 (trainer.mixed_precision, or accelerate's setting when that "
+            "is unset) needs a GPU; on the CPU set trainer.mixed_precision=no or bf16"
+        )
+    accelerator = Accelerator(mixed_precision=precision, cpu=cfg.trainer.cpu)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if accelerator.num_processes != launched:
+        raise ValueError(
+            f"launched as {launched} processes but accelerate set up {accelerator.num_processes}"
+            " (each would train alone); without GPUs add trainer.cpu=true, which runs them "
+            "over gloo on the CPU"
+        )
+    return accelerator
+
+
+def check_resolution(resolution: int) -> None:
+    """The VAE needs a multiple of 8 pixels; name the nearest sizes that work."""
+    if resolution <= 0 or resolution % _VAE_FACTOR:
+        below = max(_VAE_FACTOR, resolution - resolution % _VAE_FACTOR)
+        above = below + _VAE_FACTOR if below < resolution else below
+        nearest = f"{below} or {above}" if below != above else f"{below}"
+        raise ValueError(
+            f"model.resolution={resolution} is not a multiple of {_VAE_FACTOR} (the VAE "
+            f"works on {_VAE_FACTOR}x{_VAE_FACTOR}-pixel blocks); use {nearest}"
+        )
 
 
 def _check_data_kind(algorithm_name: str, data_kind: str) -> None:
@@ -90,16 +143,22 @@ def run(cfg: DictConfig) -> RunResult:
     """Train (or resume) the configured run and write its run folder."""
     validate_config(cfg)
     _check_required(cfg)
-    run_dir = resolve_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open_dict(cfg):
-        cfg.output_dir = str(run_dir)
+    check_resolution(cfg.model.resolution)
     _check_data_kind(cfg.algo.name, cfg.data.kind)
     check_parts(collect_parts(cfg))
     check_watch_settings(cfg.eval)
-    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-    seed_everything(cfg.seed)
     accelerator = build_accelerator(cfg)
+    run_dir = agree_on_run_dir(resolve_run_dir(cfg), accelerator)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open_dict(cfg):
+        cfg.output_dir = str(run_dir)
+        cfg.trainer.mixed_precision = accelerator.mixed_precision  # as resolved, for the record
+    config: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    # before anything is written: a refused resume leaves the run folder as it was
+    refuse_changed_settings(run_dir / "checkpoints", run_dir, config)
+    seed_everything(cfg.seed)
+    if accelerator.is_main_process:
+        write_run_record(run_dir, cfg)
     backbone = build_backbone(cfg.model, accelerator.device, _DTYPES[cfg.trainer.mixed_precision])
     batches = build_batches(
         cfg.data,
@@ -176,8 +235,8 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str]) -> dict:
         raise FileNotFoundError(f"{run_dir} has no checkpoint to evaluate")
     cfg = OmegaConf.merge(OmegaConf.load(config_file), OmegaConf.from_dotlist(overrides))
     accelerator = build_accelerator(cfg)
-    backbone = build_backbone(cfg.model, accelerator.device, _DTYPES[cfg.trainer.mixed_precision])
-    contents = load_checkpoint(checkpoints[-1], restore_rng=False)
+    backbone = build_backbone(cfg.model, accelerator.device, _DTYPES[accelerator.mixed_precision])
+    contents = load_checkpoint(checkpoints[-1])
     backbone.load_trainable_state_dict(contents.trainable)
     if contents.ema:  # trainer.ema: the run's result is the average
         copy_average_into(backbone.unet, contents.ema)

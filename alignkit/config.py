@@ -162,12 +162,19 @@ class TrainerConfig:
     # small CPU, docs/performance.md)
     compile: bool = False
     compile_backend: str = "inductor"  # torch.compile's own default backend
-    mixed_precision: str = "no"  # no | fp16 | bf16
+    # no | fp16 | bf16; None (our choice): as `accelerate config` / `accelerate launch
+    # --mixed_precision` say, else "no"
+    mixed_precision: str | None = None
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
     log_every: int = 1
     progress_bar: bool = True
     cpu: bool = False  # force CPU even when an accelerator is present
+    # On these signals finish the optimizer step, checkpoint and exit (docs/scaling.md).
+    # Our choice: SIGTERM is what schedulers send on preemption, SIGUSR1 what SLURM's
+    # --signal and submitit send before a time limit.
+    preempt_signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    preempt_exit_code: int = 143  # our choice: 128 + SIGTERM, the shell's status for it
 
 
 @dataclass
@@ -181,6 +188,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     output_dir: str = MISSING
+    sweep_name: str = MISSING  # names multirun/<sweep_name> (conf/config.yaml)
 
 
 GROUP_SCHEMAS: dict[str, type] = {
@@ -201,7 +209,7 @@ def config_group_options() -> dict[str, list[str]]:
             item.name[: -len(".yaml")] for item in group.iterdir() if item.name.endswith(".yaml")
         )
         for group in sorted(root.iterdir(), key=lambda entry: entry.name)
-        if group.is_dir() and not group.name.startswith(("_", "."))
+        if group.is_dir() and not group.name.startswith(("_", ".")) and group.name != "hydra"
     }
 
 

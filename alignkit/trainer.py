@@ -3,7 +3,8 @@
 Per optimizer step: ``grad_accum`` micro-batches, each asked of the batch source by its
 global index (so a resumed run sees exactly the data an uninterrupted one would), the
 algorithm's loss, backward, clipping of the trainable parameters, an optimizer step and an
-lr-schedule step. Checkpoints every ``checkpoint_every`` steps and at the end.
+lr-schedule step. Checkpoints every ``checkpoint_every`` steps, at the end, and when a
+watched signal (``trainer.preempt_signals``) asks the run to stop.
 """
 
 from __future__ import annotations
@@ -24,15 +25,21 @@ from tqdm.auto import tqdm
 from alignkit.algorithms import Algorithm
 from alignkit.checkpoint import (
     CheckpointContents,
+    RankState,
+    checkpoint_config,
     list_checkpoints,
     load_checkpoint,
-    save_checkpoint,
+    load_rank_state,
+    publish_checkpoint,
+    start_checkpoint,
+    write_rank_state,
 )
 from alignkit.compiling import compiled
 from alignkit.config import TrainerConfig
 from alignkit.ema import WeightEMA
 from alignkit.models import Backbone
 from alignkit.optim import build_lr_schedule, build_optimizer
+from alignkit.preemption import Preempted, SignalWatch, parse_signals
 from alignkit.sinks import MetricsSink
 
 log = logging.getLogger(__name__)
@@ -44,10 +51,13 @@ RESUMABLE_CHANGES = (
     "trainer.keep_checkpoints",
     "trainer.log_every",
     "trainer.progress_bar",
+    "trainer.preempt_signals",
+    "trainer.preempt_exit_code",
     "trainer.compile",
     "trainer.compile_backend",
     "logger",
     "output_dir",
+    "sweep_name",
     "eval",
 )
 
@@ -67,8 +77,20 @@ class TrainResult:
     final_dir: Path
 
 
-def clip_gradients(params: list[torch.nn.Parameter], max_norm: float) -> float:
-    """Clip the trainable parameters' gradients in place; return the norm before clipping."""
+def clip_gradients(
+    params: list[torch.nn.Parameter],
+    max_norm: float,
+    scaler: torch.amp.GradScaler | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> float:
+    """Clip the trainable parameters' gradients in place; return the true norm before clipping.
+
+    Under fp16 the gradients hold ``loss_scale`` times their value until the scaler unscales
+    them, so they are unscaled here first (the scaler then skips that at ``step``); clipping
+    the scaled ones would bound the true norm by ``max_norm / scale`` instead.
+    """
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     grads = [p for p in params if p.grad is not None]
     if not grads:
         return 0.0
@@ -84,6 +106,19 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def refuse_changed_settings(checkpoint_root: Path, run_dir: Path, config: dict[str, Any]) -> None:
+    """Raise ConfigMismatchError if the newest checkpoint was written with other settings."""
+    checkpoints = list_checkpoints(checkpoint_root)
+    if not checkpoints:
+        return
+    changed = config_differences(checkpoint_config(checkpoints[-1]), config)
+    if changed:
+        raise ConfigMismatchError(
+            f"{run_dir} holds a run with other settings ({'; '.join(changed)}). "
+            "Resume it with the same settings, or pass a new output_dir=... to start afresh."
+        )
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -126,6 +161,7 @@ class Trainer:
         backbone.unet_forward = wrapped_unet
         self.ema = WeightEMA(backbone.unet, cfg.ema_decay) if cfg.ema else None
         self.generator = torch.Generator().manual_seed(seed * 1000 + accelerator.process_index)
+        self.preempt_signals = parse_signals(cfg.preempt_signals)  # a bad name fails here
         self.step = 0
         self._phase = "idle"  # idle | accumulating | updating: what an interrupt would cut
         self._step_start_generator = self.generator.get_state()
@@ -151,18 +187,24 @@ class Trainer:
         checkpoints = list_checkpoints(self.checkpoint_root)
         if not checkpoints:
             return 0
+        refuse_changed_settings(self.checkpoint_root, self.run_dir, self.config)
         contents = load_checkpoint(checkpoints[-1])
-        changed = config_differences(contents.config, self.config)
-        if changed:
-            raise ConfigMismatchError(
-                f"{self.run_dir} holds a run with other settings ({'; '.join(changed)}). "
-                "Resume it with the same settings, or pass a new output_dir=... to start afresh."
-            )
         self.backbone.load_trainable_state_dict(contents.trainable)
         self.optimizer.load_state_dict(contents.optimizer)
         self.lr_schedule.load_state_dict(contents.lr_scheduler)
-        self.generator.set_state(contents.generator_state)
-        self._load_algorithm_state(contents.algorithm)
+        rank = self.accelerator.process_index
+        own = load_rank_state(checkpoints[-1], rank)
+        if own is None:
+            log.warning(
+                "%s holds no state for process %d (written by %d process(es)): it starts "
+                "fresh random streams",
+                checkpoints[-1],
+                rank,
+                contents.num_processes,
+            )
+        else:
+            self.generator.set_state(own.generator)
+            self._load_algorithm_state(own.algorithm)
         if self.ema is not None:
             self.ema.load_state_dict(contents.ema)
         self.step = contents.step
@@ -170,17 +212,30 @@ class Trainer:
         return self.step
 
     def save(self) -> Path:
-        contents = CheckpointContents(
-            step=self.step,
-            trainable=self.backbone.trainable_state_dict(),
-            optimizer=self.optimizer.state_dict(),
-            lr_scheduler=self.lr_schedule.state_dict(),
-            generator_state=self.generator.get_state(),
-            config=self.config,
-            algorithm=self._algorithm_state(),
-            ema=self.ema.state_dict() if self.ema is not None else {},
-        )
-        return save_checkpoint(self.checkpoint_root, contents, self.cfg.keep_checkpoints)
+        """Every process writes its own state, then the main process publishes the
+        checkpoint; all processes must call this together."""
+        accelerator, root = self.accelerator, self.checkpoint_root
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            start_checkpoint(root, self.step)
+        accelerator.wait_for_everyone()
+        own = RankState(self.generator.get_state(), self._algorithm_state())
+        write_rank_state(root, self.step, accelerator.process_index, own)
+        accelerator.wait_for_everyone()
+        final = root / f"step_{self.step:08d}"
+        if accelerator.is_main_process:
+            contents = CheckpointContents(
+                step=self.step,
+                trainable=self.backbone.trainable_state_dict(),
+                optimizer=self.optimizer.state_dict(),
+                lr_scheduler=self.lr_schedule.state_dict(),
+                config=self.config,
+                num_processes=accelerator.num_processes,
+                ema=self.ema.state_dict() if self.ema is not None else {},
+            )
+            final = publish_checkpoint(root, contents, self.cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+        return final
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step over ``grad_accum`` micro-batches; returns the step's metrics."""
@@ -208,7 +263,12 @@ class Trainer:
                 sums[name] += value / accum
             samples += len(batch)
         if self.cfg.max_grad_norm > 0:
-            sums["grad_norm"] = clip_gradients(self.params, self.cfg.max_grad_norm)
+            sums["grad_norm"] = clip_gradients(
+                self.params,
+                self.cfg.max_grad_norm,
+                accelerator.scaler,
+                getattr(self.optimizer, "optimizer", self.optimizer),  # unwrap accelerate's
+            )
         sums["lr"] = self.lr_schedule.get_last_lr()[0]
         self._phase = "updating"
         self.optimizer.step()
@@ -237,24 +297,40 @@ class Trainer:
             disable=not (self.cfg.progress_bar and self.accelerator.is_main_process),
             dynamic_ncols=True,
         )
+        signals = SignalWatch(self.preempt_signals)
+        preempted = False
         try:
-            while self.step < self.cfg.max_steps:
-                started = time.perf_counter()
-                metrics = self.train_step()
-                elapsed = time.perf_counter() - started
-                metrics["samples_per_s"] = metrics.pop("samples") / max(elapsed, 1e-9)
-                watched = after_step(self.step) if after_step is not None else {}
-                metrics.update(watched)
-                logged = self.step % self.cfg.log_every == 0 or watched
-                if self.accelerator.is_main_process and logged:
-                    for sink in sinks:
-                        sink.log(self.step, metrics)
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{metrics['loss']:.4f}", sps=f"{metrics['samples_per_s']:.1f}"
+            with signals:
+                while self.step < self.cfg.max_steps:
+                    started = time.perf_counter()
+                    metrics = self.train_step()
+                    elapsed = time.perf_counter() - started
+                    metrics["samples_per_s"] = metrics.pop("samples") / max(elapsed, 1e-9)
+                    watched = after_step(self.step) if after_step is not None else {}
+                    metrics.update(watched)
+                    logged = self.step % self.cfg.log_every == 0 or watched
+                    if self.accelerator.is_main_process and logged:
+                        for sink in sinks:
+                            sink.log(self.step, metrics)
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{metrics['loss']:.4f}", sps=f"{metrics['samples_per_s']:.1f}"
+                    )
+                    due = self.step % self.cfg.checkpoint_every == 0
+                    if due or self.step == self.cfg.max_steps:
+                        self.save()
+                    if self.step < self.cfg.max_steps and self._stop_requested(signals):
+                        if not due:
+                            self.save()
+                        preempted = True
+                        break
+            if preempted:
+                raise Preempted(
+                    signals.received.name if signals.received else "a signal to another process",
+                    self.step,
+                    self.cfg.preempt_exit_code,
+                    signals.previous_handler,
                 )
-                if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.max_steps:
-                    self._save_on_main()
         except KeyboardInterrupt:
             self._save_after_interrupt()
             raise
@@ -266,6 +342,15 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.backbone.save_final(final_dir)
         return TrainResult(self.step, resumed_from, final_dir)
+
+    def _stop_requested(self, signals: SignalWatch) -> bool:
+        """Whether any process was signalled: all stop after the same step, or the others
+        would wait forever for its gradients."""
+        asked = signals.received is not None
+        if self.accelerator.num_processes == 1:
+            return asked
+        flag = torch.tensor([float(asked)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
     def _save_after_interrupt(self) -> None:
         """Roll an interrupted step back to its start (grads, random stream) and save, so
@@ -279,9 +364,4 @@ class Trainer:
             self._load_algorithm_state(self._step_start_algorithm)
             self.optimizer.zero_grad(set_to_none=True)
         log.warning("interrupted at step %d: saving a checkpoint before exiting", self.step)
-        self._save_on_main()
-
-    def _save_on_main(self) -> None:
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            self.save()
+        self.save()

@@ -47,7 +47,12 @@ class SyntheticPairs:
 
 
 def tiny_trainer(
-    backbone: Backbone, run_dir, algo=None, seed: int = 0, **trainer_overrides
+    backbone: Backbone,
+    run_dir,
+    algo=None,
+    seed: int = 0,
+    accelerator: Accelerator | None = None,
+    **trainer_overrides,
 ) -> Trainer:
     cfg = TrainerConfig(max_steps=3, batch_size=2, lr=1e-3, progress_bar=False)
     for key, value in trainer_overrides.items():
@@ -60,7 +65,7 @@ def tiny_trainer(
         build_algorithm(algo, backbone),
         SyntheticPairs(backbone, cfg.batch_size),
         run_dir,
-        Accelerator(cpu=True),
+        accelerator or Accelerator(cpu=True),
         seed,
         config,
     )

@@ -7,7 +7,7 @@ from accelerate import Accelerator
 
 from alignkit.algorithms import build_algorithm
 from alignkit.algorithms.spo import SPOConfig, build_step_scorer
-from alignkit.checkpoint import list_checkpoints
+from alignkit.checkpoint import list_checkpoints, load_rank_state
 from alignkit.config import TrainerConfig
 from alignkit.data.prompts import PromptBatches
 from alignkit.registry import UnknownNameError
@@ -71,7 +71,8 @@ def test_spo_runs_rounds_over_several_steps_and_resumes_mid_round(tmp_path):
     with pytest.raises(_Crash):
         crashing.fit([])
     saved = list_checkpoints(tmp_path / "b" / "checkpoints")[-1]
-    assert (saved / "algorithm.safetensors").is_file()  # transitions wait across the step
+    own = load_rank_state(saved, 0, restore_rng=False)
+    assert own.algorithm  # transitions wait across the step, saved with this process's state
 
     resumed = _trainer(tmp_path / "b", 4)
     assert resumed.resume() == 3

@@ -86,7 +86,7 @@ def test_grid_and_scores_reach_the_run_folder_and_tensorboard(tmp_path):
     base = _samples(backbone, reference=True)
     policies = {}
     for step, row in ((2, rows[0]), (4, rows[2])):
-        contents = load_checkpoint(run_dir / "checkpoints" / f"step_{step:08d}", False)
+        contents = load_checkpoint(run_dir / "checkpoints" / f"step_{step:08d}")
         backbone.load_trainable_state_dict(contents.trainable)
         policies[step] = _samples(backbone, reference=False)
         assert row["eval/oracle"] == pytest.approx(_oracle(policies[step]), rel=1e-5)

@@ -17,6 +17,9 @@ from alignkit.data.schema import SchemaError
 
 log = logging.getLogger(__name__)
 
+#: Pick-a-Pic's labels: 1 for the preferred image, 0 for the other, 0.5 on both for a tie
+VALID_LABELS = (0.0, 0.5, 1.0)
+
 
 class PreferencePairs:
     """The kept rows of a source, each readable as (caption, winner, loser).
@@ -35,6 +38,7 @@ class PreferencePairs:
                 f"{preview_row_ids(unlabelled.tolist())}); give every row its labels "
                 "(1/0 for a preference, 0.5/0.5 for a tie) or remove those rows"
             )
+        _check_label_values(label_0, label_1, where)
         ties = label_0 == label_1
         keep = ~ties if drop_ties else np.ones_like(ties)
         self.rows = rows
@@ -69,3 +73,17 @@ class PreferencePairs:
         """The encoded (winner, loser) images; ``None`` where the row has no image."""
         row = self.rows.read([self.row_ids[position]])[0]
         return (row.jpg_1, row.jpg_0) if self._swapped[position] else (row.jpg_0, row.jpg_1)
+
+
+def _check_label_values(label_0: np.ndarray, label_1: np.ndarray, where: str) -> None:
+    """Refuse labels other than 0, 0.5 and 1: a 0-100 score or a vote count would otherwise
+    be read as a preference without complaint."""
+    bad = np.flatnonzero(~np.isin(label_0, VALID_LABELS) | ~np.isin(label_1, VALID_LABELS))
+    if bad.size:
+        first = int(bad[0])
+        raise SchemaError(
+            f"{bad.size} row(s) of {where} have label_0/label_1 outside {{0, 0.5, 1}} (row ids "
+            f"{preview_row_ids(bad.tolist())}; row {first} has label_0={label_0[first]:g}, "
+            f"label_1={label_1[first]:g}); label the preferred image 1 and the other 0, "
+            "or both 0.5 for a tie"
+        )

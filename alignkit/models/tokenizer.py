@@ -62,9 +62,17 @@ def write_clip_tokenizer_files(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = clip_vocab_and_merges()
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    _write_whole(folder / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+    _write_whole(folder / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
     return folder
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write under a private name, then rename: processes that start together (one per GPU)
+    share this folder, and one must never read the other's half-written file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def _default_tokenizer_dir() -> Path:
