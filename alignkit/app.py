@@ -237,6 +237,11 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str]) -> dict:
     accelerator = build_accelerator(cfg)
     backbone = build_backbone(cfg.model, accelerator.device, _DTYPES[accelerator.mixed_precision])
     contents = load_checkpoint(checkpoints[-1])
+    if contents.sharded:
+        raise ValueError(
+            f"{checkpoints[-1]} holds FSDP / DeepSpeed shards, which only the same launch reads "
+            f"back; evaluate the gathered weights once the run ends ({run_dir / 'final'})"
+        )
     backbone.load_trainable_state_dict(contents.trainable)
     if contents.ema:  # trainer.ema: the run's result is the average
         copy_average_into(backbone.unet, contents.ema)

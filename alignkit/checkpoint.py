@@ -5,9 +5,11 @@ complete and synced to disk, so a crash or a full disk mid-write never leaves a 
 that a resume would trust, and never costs the previous one.
 
 What all processes share (trainable weights, optimizer, lr schedule, config) is written once,
-by the main process. What each process keeps apart (its random streams, the algorithm's
-carried state such as SPO's waiting transitions) goes to ``rank_<r>.safetensors`` and
-``rank_<r>.json``, written by that process into the same staging folder.
+by the main process; under FSDP / DeepSpeed ZeRO the weights and optimizer are written as
+each process's shard instead (``alignkit.sharding``). What each process keeps apart (its
+random streams, the algorithm's carried state such as SPO's waiting transitions) goes to
+``rank_<r>.safetensors`` and ``rank_<r>.json``, written by that process into the same
+staging folder.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class CheckpointContents:
     num_processes: int = 1
     # the moving average of the trainable weights (trainer.ema), by parameter name
     ema: dict[str, torch.Tensor] = field(default_factory=dict)
+    # FSDP / ZeRO: weights and optimizer are in the processes' shards (alignkit.sharding),
+    # not in ``trainable`` and ``optimizer``
+    sharded: bool = False
 
 
 @dataclass
@@ -169,17 +174,20 @@ def publish_checkpoint(root: str | Path, contents: CheckpointContents, keep: int
     staging = staging_folder(root, contents.step)
     final = root / _final_name(contents.step)
     with _writing(root, contents.step):
-        optimizer_tensors, optimizer_rest = _split_optimizer_state(contents.optimizer)
-        save_file(
-            {k: v.contiguous() for k, v in contents.trainable.items()},
-            staging / "trainable.safetensors",
-        )
-        save_file(optimizer_tensors, staging / "optimizer.safetensors")
+        optimizer_rest = None
+        if not contents.sharded:
+            optimizer_tensors, optimizer_rest = _split_optimizer_state(contents.optimizer)
+            save_file(
+                {k: v.contiguous() for k, v in contents.trainable.items()},
+                staging / "trainable.safetensors",
+            )
+            save_file(optimizer_tensors, staging / "optimizer.safetensors")
         if contents.ema:
             save_file({k: v.contiguous() for k, v in contents.ema.items()}, staging / _EMA_FILE)
         state = {
             "step": contents.step,
             "num_processes": contents.num_processes,
+            "sharded": contents.sharded,
             "optimizer": optimizer_rest,
             "lr_scheduler": contents.lr_scheduler,
             "config": contents.config,
@@ -222,16 +230,18 @@ def load_checkpoint(folder: str | Path) -> CheckpointContents:
     """The shared part of a checkpoint; ``load_rank_state`` reads each process's own part."""
     folder = Path(folder)
     state = json.loads((folder / _STATE_FILE).read_text())
+    sharded = state.get("sharded", False)
     return CheckpointContents(
         step=state["step"],
-        trainable=load_file(folder / "trainable.safetensors"),
-        optimizer=_join_optimizer_state(
-            load_file(folder / "optimizer.safetensors"), state["optimizer"]
-        ),
+        trainable={} if sharded else load_file(folder / "trainable.safetensors"),
+        optimizer={}
+        if sharded
+        else _join_optimizer_state(load_file(folder / "optimizer.safetensors"), state["optimizer"]),
         lr_scheduler=state["lr_scheduler"],
         config=state["config"],
         num_processes=state.get("num_processes", 1),
         ema=load_file(folder / _EMA_FILE) if (folder / _EMA_FILE).is_file() else {},
+        sharded=sharded,
     )
 
 

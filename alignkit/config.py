@@ -42,6 +42,9 @@ class ModelConfig:
     finetune: str = "lora"  # lora | full
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     reference_device: str = "same"  # full fine-tuning only: same | cpu
+    # full fine-tuning only: the frozen copy's dtype, fp32 | bf16 | fp16; None (our choice):
+    # the weight dtype, i.e. trainer.mixed_precision's (bf16 halves the copy's memory)
+    reference_dtype: str | None = None
     gradient_checkpointing: bool = False
 
 

@@ -31,6 +31,7 @@ from alignkit.checkpoint import (
     load_checkpoint,
     load_rank_state,
     publish_checkpoint,
+    staging_folder,
     start_checkpoint,
     write_rank_state,
 )
@@ -40,6 +41,13 @@ from alignkit.ema import WeightEMA
 from alignkit.models import Backbone
 from alignkit.optim import build_lr_schedule, build_optimizer
 from alignkit.preemption import Preempted, SignalWatch, parse_signals
+from alignkit.sharding import (
+    check_sharded_settings,
+    gathered_state_dict,
+    is_sharded,
+    load_sharded_state,
+    save_sharded_state,
+)
 from alignkit.sinks import MetricsSink
 
 log = logging.getLogger(__name__)
@@ -152,10 +160,14 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.accelerator = accelerator
         self.config = config
-        self.params = backbone.trainable_parameters()
-        self.optimizer = build_optimizer(cfg, self.params)
+        self.sharded = is_sharded(accelerator)
+        if self.sharded:
+            check_sharded_settings(backbone.cfg.finetune, cfg.ema)
+        self.optimizer = build_optimizer(cfg, backbone.trainable_parameters())
         self.lr_schedule = build_lr_schedule(cfg, self.optimizer)
         wrapped_unet, self.optimizer = accelerator.prepare(backbone.unet, self.optimizer)
+        self.wrapped_unet = wrapped_unet
+        self.params = backbone.trainable_parameters()  # FSDP2 swaps in sharded parameters
         if cfg.compile:
             wrapped_unet = compiled(wrapped_unet, cfg.compile_backend)
         backbone.unet_forward = wrapped_unet
@@ -189,8 +201,11 @@ class Trainer:
             return 0
         refuse_changed_settings(self.checkpoint_root, self.run_dir, self.config)
         contents = load_checkpoint(checkpoints[-1])
-        self.backbone.load_trainable_state_dict(contents.trainable)
-        self.optimizer.load_state_dict(contents.optimizer)
+        if contents.sharded:
+            load_sharded_state(self.accelerator, checkpoints[-1])
+        else:
+            self.backbone.load_trainable_state_dict(contents.trainable)
+            self.optimizer.load_state_dict(contents.optimizer)
         self.lr_schedule.load_state_dict(contents.lr_scheduler)
         rank = self.accelerator.process_index
         own = load_rank_state(checkpoints[-1], rank)
@@ -220,18 +235,21 @@ class Trainer:
             start_checkpoint(root, self.step)
         accelerator.wait_for_everyone()
         own = RankState(self.generator.get_state(), self._algorithm_state())
+        if self.sharded:
+            save_sharded_state(accelerator, staging_folder(root, self.step))
         write_rank_state(root, self.step, accelerator.process_index, own)
         accelerator.wait_for_everyone()
         final = root / f"step_{self.step:08d}"
         if accelerator.is_main_process:
             contents = CheckpointContents(
                 step=self.step,
-                trainable=self.backbone.trainable_state_dict(),
-                optimizer=self.optimizer.state_dict(),
+                trainable={} if self.sharded else self.backbone.trainable_state_dict(),
+                optimizer={} if self.sharded else self.optimizer.state_dict(),
                 lr_scheduler=self.lr_schedule.state_dict(),
                 config=self.config,
                 num_processes=accelerator.num_processes,
                 ema=self.ema.state_dict() if self.ema is not None else {},
+                sharded=self.sharded,
             )
             final = publish_checkpoint(root, contents, self.cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
@@ -339,8 +357,9 @@ class Trainer:
         if self.ema is not None:
             self.ema.copy_to_weights()  # what final/ and the evaluation read from here on
         final_dir = self.run_dir / "final"
+        weights = gathered_state_dict(self.accelerator, self.wrapped_unet) if self.sharded else None
         if self.accelerator.is_main_process:
-            self.backbone.save_final(final_dir)
+            self.backbone.save_final(final_dir, weights)
         return TrainResult(self.step, resumed_from, final_dir)
 
     def _stop_requested(self, signals: SignalWatch) -> bool:

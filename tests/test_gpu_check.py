@@ -7,11 +7,21 @@ import textwrap
 
 import pytest
 import torch
+from accelerate.state import AcceleratorState
 
 from experiments import gpu_check
 
 
-def test_tiny_mode_measures_every_variant_and_writes_the_json(tmp_path):
+@pytest.fixture
+def fresh_accelerate_state():
+    """The check trains in bf16; accelerate keeps one precision per process, which earlier
+    tests in the same pytest process have fixed to "no"."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_tiny_mode_measures_every_variant_and_writes_the_json(tmp_path, fresh_accelerate_state):
     out = tmp_path / "check.json"
     gpu_check.main(["--tiny", "--models", "sdxl", "--steps", "3", "--out", str(out)])
     report = json.loads(out.read_text())

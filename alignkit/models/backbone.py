@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.utils.checkpoint
 from diffusers.training_utils import cast_training_params
+from safetensors.torch import save_file
 
 from alignkit.config import ModelConfig
 from alignkit.models import lora as lora_lib
@@ -32,6 +33,22 @@ def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) ->
     """Move, and cast only when needed (diffusers warns on every dtype cast)."""
     module.to(device)
     return module if dtype == torch.float32 else module.to(dtype)
+
+
+_REFERENCE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def reference_dtype(name: str | None, weight_dtype: torch.dtype) -> torch.dtype:
+    """The frozen copy's dtype: ``model.reference_dtype``, else the weight dtype (the frozen
+    encoders' under mixed precision)."""
+    if name is None:
+        return weight_dtype
+    if name not in _REFERENCE_DTYPES:
+        raise ValueError(
+            f"unknown model.reference_dtype={name!r}; choose one of {sorted(_REFERENCE_DTYPES)} "
+            "or null (the weight dtype)"
+        )
+    return _REFERENCE_DTYPES[name]
 
 
 class Backbone:
@@ -66,6 +83,7 @@ class Backbone:
         self._negative: dict[str, torch.Tensor] | None = None
         self.unet = components.unet
         self.reference_unet = None
+        self.reference_dtype = weight_dtype
         self._configure_training(cfg)
         self.unet_forward: Callable[..., object] = self.unet
 
@@ -85,8 +103,12 @@ class Backbone:
             self.unet.to(self.device).requires_grad_(True)
             same = cfg.reference_device == "same"
             reference_device = self.device if same else torch.device(cfg.reference_device)
+            self.reference_dtype = reference_dtype(cfg.reference_dtype, self.weight_dtype)
             self.reference_unet = (
-                copy.deepcopy(self.unet).requires_grad_(False).eval().to(reference_device)
+                copy.deepcopy(self.unet)
+                .requires_grad_(False)
+                .eval()
+                .to(reference_device, self.reference_dtype)
             )
         else:
             raise ValueError(f"unknown model.finetune={cfg.finetune!r}; choose 'lora' or 'full'")
@@ -201,20 +223,27 @@ class Backbone:
             return torch.utils.checkpoint.checkpoint(encode, x, use_reentrant=False)
         return encode(x)
 
+    def _input_dtype(self, unet) -> torch.dtype:
+        """Inputs follow the frozen copy's own dtype (``model.reference_dtype``) when it is
+        the one called, else the weight dtype."""
+        return self.reference_dtype if unet is self.reference_unet else self.weight_dtype
+
     def _encode(self, unet, x, t, text, micro_cond, layer, device) -> torch.Tensor:
         text = {k: v.to(device) for k, v in text.items()}
         micro_cond = None if micro_cond is None else micro_cond.to(device)
-        kwargs = unet_conditioning(self.family, text, micro_cond, self.weight_dtype)
+        dtype = self._input_dtype(unet)
+        kwargs = unet_conditioning(self.family, text, micro_cond, dtype)
         features = unet_encoder_features(
-            unet, x.to(device, self.weight_dtype), t.to(device), layer=layer, **kwargs
+            unet, x.to(device, dtype), t.to(device), layer=layer, **kwargs
         )
         return features.float().to(self.device)
 
     def _call(self, unet, x_t, t, text, micro_cond, device) -> torch.Tensor:
         text = {k: v.to(device) for k, v in text.items()}
         micro_cond = None if micro_cond is None else micro_cond.to(device)
-        kwargs = unet_conditioning(self.family, text, micro_cond, self.weight_dtype)
-        out = unet(x_t.to(device, self.weight_dtype), t.to(device), **kwargs, return_dict=False)
+        dtype = self._input_dtype(unet)
+        kwargs = unet_conditioning(self.family, text, micro_cond, dtype)
+        out = unet(x_t.to(device, dtype), t.to(device), **kwargs, return_dict=False)
         return out[0].float().to(self.device)
 
     # -- training state ------------------------------------------------------------------------
@@ -232,11 +261,21 @@ class Backbone:
         else:
             self.unet.load_state_dict(state)
 
-    def save_final(self, folder: str | Path) -> Path:
-        """The result in diffusers' format: a LoRA file, or a full ``unet/`` folder."""
+    def save_final(
+        self, folder: str | Path, weights: dict[str, torch.Tensor] | None = None
+    ) -> Path:
+        """The result in diffusers' format: a LoRA file, or a full ``unet/`` folder
+        (``weights``: the UNet's state gathered from the processes' shards, FSDP / ZeRO)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         if self.cfg.finetune == "lora":
             return lora_lib.save_lora_for_diffusers(self.unet, self.family, folder, self.cfg.lora)
-        self.unet.save_pretrained(folder / "unet", safe_serialization=True)
+        if weights is None:
+            self.unet.save_pretrained(folder / "unet", safe_serialization=True)
+            return folder / "unet"
+        self.unet.save_config(
+            folder / "unet"
+        )  # diffusers' layout, written from the gathered weights
+        tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+        save_file(tensors, folder / "unet" / "diffusion_pytorch_model.safetensors")
         return folder / "unet"
