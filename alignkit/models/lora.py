@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
 from alignkit.config import LoRAConfig
@@ -31,6 +33,7 @@ def _peft_init(init: str) -> bool | str:
 def add_lora(unet: torch.nn.Module, cfg: LoRAConfig) -> None:
     """Freeze the UNet and attach a trainable LoRA adapter to the target modules."""
     unet.requires_grad_(False)
+    _LORA_LAYERS.pop(unet, None)
     unet.add_adapter(
         LoraConfig(
             r=cfg.rank,
@@ -43,14 +46,38 @@ def add_lora(unet: torch.nn.Module, cfg: LoRAConfig) -> None:
     )
 
 
+#: Each UNet's LoRA layers, found once: walking every module on each switch costs ~20 ms a
+#: DPO step on the tiny SD1.5 benchmark (experiments/bench_vs_diffusers.py).
+_LORA_LAYERS: weakref.WeakKeyDictionary[torch.nn.Module, list[BaseTunerLayer]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _lora_layers(unet: torch.nn.Module) -> list[BaseTunerLayer]:
+    layers = _LORA_LAYERS.get(unet)
+    if layers is None:
+        layers = [m for m in unet.modules() if isinstance(m, BaseTunerLayer)]
+        _LORA_LAYERS[unet] = layers
+    return layers
+
+
 @contextmanager
 def adapters_disabled(unet: torch.nn.Module) -> Iterator[None]:
-    """The reference model: the same UNet with its adapters switched off."""
-    unet.disable_adapters()
+    """The reference model: the same UNet with its adapters switched off.
+
+    Only each layer's off switch is flipped (what peft's forward reads). peft's own toggle
+    also resets the adapters' requires_grad, which changes nothing here: a switched-off
+    adapter takes no part in the forward pass, so it gets no gradient either way.
+    """
+    layers = _lora_layers(unet)
+    before = [layer._disable_adapters for layer in layers]
+    for layer in layers:
+        layer._disable_adapters = True
     try:
         yield
     finally:
-        unet.enable_adapters()
+        for layer, disabled in zip(layers, before):
+            layer._disable_adapters = disabled
 
 
 def lora_state_dict(unet: torch.nn.Module) -> dict[str, torch.Tensor]:
