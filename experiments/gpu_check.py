@@ -281,18 +281,9 @@ def measure(
 # -- diffusers' SDXL DPO example on the same model ----------------------------------------------
 def write_pipeline_folder(components, folder: Path) -> Path:
     """The random model as a diffusers SDXL folder, for the example script to load."""
-    from diffusers import StableDiffusionXLPipeline
+    from alignkit.models.components import pipeline_from_components
 
-    pipeline = StableDiffusionXLPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoders[0],
-        text_encoder_2=components.text_encoders[1],
-        tokenizer=components.tokenizers[0],
-        tokenizer_2=components.tokenizers[1],
-        unet=components.unet,
-        scheduler=components.scheduler,
-    )
-    pipeline.save_pretrained(folder, safe_serialization=True)
+    pipeline_from_components(components).save_pretrained(folder, safe_serialization=True)
     return folder
 
 

@@ -9,6 +9,7 @@ from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
 from alignkit.config import ModelConfig
 from alignkit.models import build_backbone
+from alignkit.models.components import pipeline_from_components
 from alignkit.models.tiny import tiny_sdxl_components
 from alignkit.sampling import guided_conditioning
 from tests.model_helpers import tiny_backbone
@@ -65,17 +66,8 @@ def test_sd_guidance_encodes_the_empty_prompt_as_diffusers_sd_pipeline_does():
 
 def test_an_sdxl_folder_that_turns_the_zeros_off_gets_the_empty_prompt(tmp_path):
     components = tiny_sdxl_components(32, "epsilon")
-    pipe = StableDiffusionXLPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoders[0],
-        text_encoder_2=components.text_encoders[1],
-        tokenizer=components.tokenizers[0],
-        tokenizer_2=components.tokenizers[1],
-        unet=components.unet,
-        scheduler=components.scheduler,
-        force_zeros_for_empty_prompt=False,
-    )
-    pipe.save_pretrained(tmp_path / "model")
+    components.zero_negative_prompt = False
+    pipeline_from_components(components).save_pretrained(tmp_path / "model")
     index = json.loads((tmp_path / "model" / "model_index.json").read_text())
     assert index["force_zeros_for_empty_prompt"] is False
     cfg = ModelConfig(name="sdxl", family="sdxl", path=str(tmp_path / "model"), resolution=32)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 from safetensors.torch import load_file
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
 from alignkit.app import run
+from alignkit.models.components import pipeline_from_components
 from alignkit.models.tiny import tiny_sd_components
 from alignkit.models.tokenizer import offline_clip_tokenizer
 from alignkit.parts import MissingPartsError
@@ -47,16 +47,7 @@ def parts(tmp_path_factory) -> dict[str, Path]:
     """Local copies of every part: the model, pairs, prompts, a CLIP, PickScore + an SPM."""
     root = tmp_path_factory.mktemp("real-parts")
     components = tiny_sd_components(32, "epsilon")
-    StableDiffusionPipeline(
-        vae=components.vae,
-        text_encoder=components.text_encoders[0],
-        tokenizer=components.tokenizers[0],
-        unet=components.unet,
-        scheduler=components.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    ).save_pretrained(root / "sd15")
+    pipeline_from_components(components).save_pretrained(root / "sd15")
     write_pair_folder(root / "pairs")
     prompts = root / "prompts.json"  # the SPO authors' file format
     prompts.write_text(json.dumps([{"caption": f"a picture of thing {i}"} for i in range(6)]))

@@ -12,17 +12,11 @@ from pathlib import Path
 
 import diffusers
 import torch
-from diffusers import (
-    DDPMScheduler,
-    DiffusionPipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
-    UNet2DConditionModel,
-)
+from diffusers import DDPMScheduler, UNet2DConditionModel
 
 from alignkit.export.run_folder import RunFolder
 from alignkit.models import build_components
-from alignkit.models.components import Components
+from alignkit.models.components import Components, pipeline_from_components
 from alignkit.models.loading import check_model_path
 from alignkit.models.lora_files import LoRALayer, merged_weight
 
@@ -46,27 +40,6 @@ def base_scheduler(run: RunFolder, components: Components):
     )
     kind = getattr(diffusers, str(config.get("_class_name")), DDPMScheduler)
     return kind.from_config(config, **override)
-
-
-def pipeline_from_components(components: Components, scheduler) -> DiffusionPipeline:
-    encoders, tokenizers = components.text_encoders, components.tokenizers
-    common = {"vae": components.vae, "unet": components.unet, "scheduler": scheduler}
-    if components.family == "sdxl":
-        return StableDiffusionXLPipeline(
-            text_encoder=encoders[0],
-            text_encoder_2=encoders[1],
-            tokenizer=tokenizers[0],
-            tokenizer_2=tokenizers[1],
-            **common,
-        )
-    return StableDiffusionPipeline(
-        text_encoder=encoders[0],
-        tokenizer=tokenizers[0],
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-        **common,
-    )
 
 
 def export_merged(run: RunFolder, out: Path) -> Path:
