@@ -82,7 +82,10 @@ def _how_to_get(part: Part) -> str:
     if part.kind == "url":
         source = f"download {part.value}"
     elif part.kind == "file":
-        repo, filename = hub.split_hub_file(part.value)
+        try:
+            repo, filename = hub.split_hub_file(part.value)
+        except ValueError:
+            return f"pass a local file or a hub file as {part.key}=owner/name/file-in-repo"
         source = f"`huggingface-cli download {repo} {filename}`"
     else:
         flag = " --repo-type dataset" if part.kind == "dataset" else ""

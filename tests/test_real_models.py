@@ -23,7 +23,7 @@ from alignkit.app import run
 from alignkit.models.components import pipeline_from_components
 from alignkit.models.tiny import tiny_sd_components
 from alignkit.models.tokenizer import offline_clip_tokenizer
-from alignkit.parts import MissingPartsError
+from alignkit.parts import MissingPartsError, Part, check_parts
 from alignkit.rewards.clip import ClipModel
 from alignkit.rewards.spm import TINY_CLIP_CONFIG, StepAwarePreferenceModel
 from tests.helpers import compose_config, write_pair_folder
@@ -167,3 +167,9 @@ def test_the_cli_prints_the_missing_parts_as_one_error(tmp_path):
     assert result.returncode == 2
     assert result.stderr.count("alignkit: error:") == 1 and "Traceback" not in result.stderr
     assert "model.path=" in result.stderr and "algo.clip_checkpoint=" in result.stderr
+
+
+def test_a_malformed_hub_file_is_named_not_a_traceback():
+    part = Part("the SPM weights", "algo.spm_checkpoint", "owner/spm.bin", "file")
+    with pytest.raises(MissingPartsError, match=r"algo.spm_checkpoint=owner/name/file-in-repo"):
+        check_parts([part])
