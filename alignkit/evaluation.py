@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from PIL import Image, ImageDraw
 from alignkit.base_samples import base_side
 from alignkit.config import EvalConfig
 from alignkit.data.prompts import load_prompt_list
-from alignkit.models import Backbone
+from alignkit.models import Backbone, ModelLoadError
 from alignkit.rewards import build_reward
 from alignkit.sampling import generate_images
 
@@ -130,7 +131,13 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return
-    results = evaluate_saved_run(Path(argv[0]), argv[1:])
+    try:
+        results = evaluate_saved_run(Path(argv[0]), argv[1:])
+    except (ValueError, FileNotFoundError, ModelLoadError) as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"alignkit: error: {error}", file=sys.stderr)
+        sys.exit(2)
     print(results_table(results))
 
 

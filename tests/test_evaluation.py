@@ -5,10 +5,14 @@ import json
 import numpy
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
-from alignkit.config import EvalConfig
+from alignkit.app import saved_run_config
+from alignkit.config import EvalConfig, TrainerConfig
 from alignkit.evaluation import evaluate, image_grid, results_table, win_rate
+from alignkit.evaluation import main as evaluation_main
+from alignkit.tinyworld.assets import asset_path
 from tests.model_helpers import tiny_backbone
 
 
@@ -107,3 +111,38 @@ def test_eval_json_keeps_every_comparison_for_pairing_runs(tmp_path):
         assert entry["win_rate"]["rate"] == win_rate(aligned, base).rate
     clip_before, clip_after = (run["rewards"]["tiny_clip"]["scores"] for run in (before, after))
     assert clip_after["aligned"] != clip_before["aligned"]
+
+
+def _stored_run(run_dir, config: dict):
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
+
+
+def test_a_saved_tiny_run_config_resolves_its_asset_paths_and_gains_newer_settings(tmp_path):
+    """A stored config names the shipped model through ``${alignkit_asset:...}`` and may
+    predate settings such as ``model.lora.load``; both must work in a fresh process, where
+    nothing has registered the resolver yet."""
+    OmegaConf.clear_resolver("alignkit_asset")
+    model = {"name": "tiny", "family": "sd", "init": "pretrained", "resolution": 32}
+    model["path"] = "${alignkit_asset:base_model}"
+    model["lora"] = {"rank": 8, "alpha": 8}
+    _stored_run(tmp_path, {"model": model, "trainer": {"cpu": True}, "eval": {"steps": 7}})
+    cfg = saved_run_config(tmp_path / ".hydra" / "config.yaml", ["eval.seeds_per_prompt=3"])
+    assert cfg.model.path == str(asset_path("base_model"))
+    assert cfg.model.lora.load is None and cfg.model.lora.alpha == 8
+    assert (cfg.eval.steps, cfg.eval.seeds_per_prompt) == (7, 3)
+    assert cfg.trainer.mixed_precision == TrainerConfig().mixed_precision
+
+
+def test_a_saved_config_with_a_key_this_version_lacks_names_file_and_key(tmp_path):
+    _stored_run(tmp_path, {"model": {"name": "tiny"}, "trainer": {"warp_speed": 9}, "eval": {}})
+    with pytest.raises(ValueError, match=r"config\.yaml: its trainer settings .*warp_speed"):
+        saved_run_config(tmp_path / ".hydra" / "config.yaml", [])
+
+
+def test_the_evaluation_cli_prints_one_error_line_for_a_folder_that_is_no_run(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        evaluation_main([str(tmp_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"alignkit: error: {tmp_path} is not a run folder (no .hydra/config.yaml)"]
