@@ -6,6 +6,10 @@
 # intervals between every two of them.
 #   bash experiments/tiny_world/ablation.sh [OUT_DIR] [key=value ...]
 #   PRESETS=tiny_rpo,tiny_ncp_dpo SEEDS=0 bash experiments/tiny_world/ablation.sh /tmp/ab
+# Then the style-alignment task (style_ablation.sh) into OUT_DIR_style/<style> (beside OUT_DIR,
+# whose report would otherwise take its runs in), at training seeds
+# STYLE_SEEDS (default 0) and presets STYLE_PRESETS (default: the six pair methods); STYLES=
+# (empty) skips it.
 # Defaults (our choice, docs/tiny_world.md "Ablation across methods"): 3 training seeds and
 # 32 evaluation seeds per prompt (608 paired comparisons per run), about 85 minutes on 2 CPU
 # cores for all eight presets, extrapolated from a short measured run.
@@ -19,3 +23,7 @@ python=${PYTHON:-python}
 "$python" -m alignkit -m "experiment=$presets" "seed=$seeds" \
   "eval.seeds_per_prompt=$eval_seeds" "hydra.sweep.dir=$out" "$@"
 "$python" -m alignkit.report "$out"
+if [ -n "${STYLES-sketch,winter,stripes}" ]; then
+  STYLES=${STYLES-sketch,winter,stripes} PRESETS="${STYLE_PRESETS:-}" PYTHON="$python" \
+    bash "$(dirname "$0")/style_ablation.sh" "${out%/}_style" "seed=${STYLE_SEEDS:-0}"
+fi
