@@ -30,6 +30,7 @@ from alignkit.config import (
 )
 from alignkit.data import build_batches
 from alignkit.ema import copy_average_into
+from alignkit.environment import record_environment
 from alignkit.evaluation import evaluate, results_table
 from alignkit.models import build_backbone
 from alignkit.parts import check_parts, collect_parts
@@ -166,6 +167,7 @@ def run(cfg: DictConfig) -> RunResult:
     seed_everything(cfg.seed)
     if accelerator.is_main_process:
         write_run_record(run_dir, cfg)
+        record_environment(run_dir, accelerator.device)
     backbone = build_backbone(cfg.model, accelerator.device, _DTYPES[cfg.trainer.mixed_precision])
     batches = build_batches(
         cfg.data,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from alignkit.environment import environment_key, read_starts
 from alignkit.ranking import MethodRuns, ranking_section
 
 CURVE_METRICS = ("loss", "implicit_acc", "reward")
@@ -39,6 +40,7 @@ class RunRecord:
     metrics: list[dict] = field(default_factory=list)
     evaluation: dict | None = None
     summary: dict | None = None
+    environment: dict | None = None  # its last start's (alignkit.environment)
 
 
 def _overrides(folder: Path) -> list[str]:
@@ -81,9 +83,25 @@ def find_runs(root: Path) -> list[RunRecord]:
                 metrics,
                 _read_json(folder / "eval.json"),
                 _read_json(folder / "summary.json"),
+                next(reversed(read_starts(folder)), None),
             )
         )
     return runs
+
+
+def environment_section(runs: list[RunRecord]) -> str:
+    """The environments the runs last ran in, each with its runs' count: numbers from two
+    environments can differ at the rounding level, and sampled evaluations amplify that."""
+    counts: dict[str, int] = defaultdict(int)
+    for run in runs:
+        counts[environment_key(run.environment) if run.environment else "not recorded"] += 1
+    lines = [f"- {key}: {count} run{'s' * (count != 1)}" for key, count in counts.items()]
+    note = (
+        "\n\nThe runs ran in more than one environment: compare their numbers with that in mind."
+        if len(counts) > 1
+        else ""
+    )
+    return "## Environment\n\n" + "\n".join(lines) + note
 
 
 def final_values(run: RunRecord) -> dict[str, float]:
@@ -241,7 +259,8 @@ def write_report(
     ranking = ranking_section(methods_of(runs), primary, resamples) if evaluated or primary else ""
     out_dir = out_dir or root / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    body = "\n\n".join(filter(None, [ranking, "## All runs", markdown_table(summarise(runs))]))
+    table = markdown_table(summarise(runs))
+    body = "\n\n".join(filter(None, [ranking, "## All runs", table, environment_section(runs)]))
     curves = plot_curves(runs, out_dir)
     grids = []
     for index, run in enumerate(runs):

@@ -32,6 +32,8 @@ def test_dpo_on_tiny_sd_writes_the_run_folder_and_resumes(tmp_path):
     first = _alignkit(*command)
     assert first.returncode == 0, first.stderr
     assert (run_dir / ".hydra" / "config.yaml").is_file()
+    [start] = json.loads((run_dir / "environment.json").read_text())["starts"]
+    assert start["libraries"]["torch"] and start["device"] == "cpu"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3]
     assert {"loss", "lr", "samples_per_s", "implicit_acc", "model_mse_w"} <= set(rows[0])
@@ -48,6 +50,7 @@ def test_dpo_on_tiny_sd_writes_the_run_folder_and_resumes(tmp_path):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [row["step"] for row in rows] == [1, 2, 3, 4]  # resumed at 3, not restarted
     assert json.loads((run_dir / "summary.json").read_text())["resumed_from"] == 3
+    assert len(json.loads((run_dir / "environment.json").read_text())["starts"]) == 2
 
 
 def test_sft_on_tiny_sdxl_runs_in_process(tmp_path):
