@@ -93,4 +93,5 @@ def environment_key(described: dict) -> str:
         f"{name} {version}" for name, version in described["libraries"].items() if version
     )
     hardware = described.get("gpu") or described["cpu"]
-    return f"{libraries}; {hardware}; {described['torch_threads']} threads"
+    threads = described["torch_threads"]
+    return f"{libraries}; {hardware}; {threads} thread{'s' * (threads != 1)}"
