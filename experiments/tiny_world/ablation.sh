@@ -11,8 +11,9 @@
 # STYLE_SEEDS (default 0) and presets STYLE_PRESETS (default: the six pair methods); STYLES=
 # (empty) skips it.
 # Defaults (our choice, docs/tiny_world.md "Ablation across methods"): 3 training seeds and
-# 32 evaluation seeds per prompt (608 paired comparisons per run), about 85 minutes on 2 CPU
-# cores for all eight presets, extrapolated from a short measured run.
+# 32 evaluation seeds per prompt (608 paired comparisons per run): about 2 CPU-hours for the
+# eight presets (SPO a third of it), 86 minutes of wall time as two single-thread sweeps side
+# by side on a shared 2-core machine; the style task adds about 25 CPU-minutes.
 set -euo pipefail
 out=${1:-outputs/tiny_ablation}
 shift || true
