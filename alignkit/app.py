@@ -17,17 +17,10 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from omegaconf import DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
 
 from alignkit.algorithms import ALGORITHMS, build_algorithm, needs_reward
 from alignkit.checkpoint import list_checkpoints, load_checkpoint
-from alignkit.config import (
-    EvalConfig,
-    ModelConfig,
-    TrainerConfig,
-    register_configs,
-    validate_config,
-)
+from alignkit.config import validate_config
 from alignkit.data import build_batches
 from alignkit.ema import copy_average_into
 from alignkit.environment import record_environment
@@ -35,7 +28,7 @@ from alignkit.evaluation import evaluate, results_table
 from alignkit.models import build_backbone
 from alignkit.parts import check_parts, collect_parts
 from alignkit.rewards import build_configured_reward
-from alignkit.run_record import write_run_record
+from alignkit.run_record import read_run_record, write_run_record
 from alignkit.sinks import build_sinks
 from alignkit.tinyworld.assets import asset_path
 from alignkit.trainer import Trainer, TrainResult, refuse_changed_settings
@@ -233,31 +226,6 @@ def write_summary(run_dir: Path, result: TrainResult, seconds: float, device) ->
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
 
 
-def saved_run_config(config_file: Path, overrides: list[str]) -> DictConfig:
-    """A run folder's stored config with ``overrides``, its model, trainer and eval sections
-    completed from today's schemas: a folder written before a setting existed (say
-    ``model.lora.load``) gets that setting's default instead of failing on the missing key."""
-    register_configs()  # the resolvers the stored config refers to (alignkit_asset)
-    cfg = OmegaConf.merge(OmegaConf.load(config_file), OmegaConf.from_dotlist(overrides))
-    for section, schema in (
-        ("model", ModelConfig),
-        ("trainer", TrainerConfig),
-        ("eval", EvalConfig),
-    ):
-        try:
-            completed = OmegaConf.merge(OmegaConf.structured(schema), cfg[section])
-        except OmegaConfBaseException as error:
-            first_line = str(error).splitlines()[0]
-            raise ValueError(
-                f"{config_file}: its {section} settings do not fit this alignkit "
-                f"({first_line}); fix or drop that key in the file, or pass a valid "
-                f"{section}.<key>=<value>"
-            ) from None
-        with open_dict(cfg):
-            cfg[section] = completed
-    return cfg
-
-
 def evaluate_saved_run(run_dir: Path, overrides: list[str]) -> dict:
     """Evaluate a run folder's newest checkpoint (its EMA weights if it kept one);
     ``overrides`` are ``key=value`` settings."""
@@ -267,7 +235,7 @@ def evaluate_saved_run(run_dir: Path, overrides: list[str]) -> dict:
     checkpoints = list_checkpoints(run_dir / "checkpoints")
     if not checkpoints:
         raise FileNotFoundError(f"{run_dir} has no checkpoint to evaluate")
-    cfg = saved_run_config(config_file, overrides)
+    cfg = read_run_record(config_file, overrides)
     accelerator = build_accelerator(cfg)
     backbone = build_backbone(cfg.model, accelerator.device, _DTYPES[accelerator.mixed_precision])
     contents = load_checkpoint(checkpoints[-1])

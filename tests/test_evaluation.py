@@ -8,10 +8,10 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from alignkit.app import saved_run_config
 from alignkit.config import EvalConfig, TrainerConfig
 from alignkit.evaluation import evaluate, image_grid, results_table, win_rate
 from alignkit.evaluation import main as evaluation_main
+from alignkit.run_record import read_run_record
 from alignkit.tinyworld.assets import asset_path
 from tests.model_helpers import tiny_backbone
 
@@ -127,7 +127,7 @@ def test_a_saved_tiny_run_config_resolves_its_asset_paths_and_gains_newer_settin
     model["path"] = "${alignkit_asset:base_model}"
     model["lora"] = {"rank": 8, "alpha": 8}
     _stored_run(tmp_path, {"model": model, "trainer": {"cpu": True}, "eval": {"steps": 7}})
-    cfg = saved_run_config(tmp_path / ".hydra" / "config.yaml", ["eval.seeds_per_prompt=3"])
+    cfg = read_run_record(tmp_path / ".hydra" / "config.yaml", ["eval.seeds_per_prompt=3"])
     assert cfg.model.path == str(asset_path("base_model"))
     assert cfg.model.lora.load is None and cfg.model.lora.alpha == 8
     assert (cfg.eval.steps, cfg.eval.seeds_per_prompt) == (7, 3)
@@ -137,7 +137,7 @@ def test_a_saved_tiny_run_config_resolves_its_asset_paths_and_gains_newer_settin
 def test_a_saved_config_with_a_key_this_version_lacks_names_file_and_key(tmp_path):
     _stored_run(tmp_path, {"model": {"name": "tiny"}, "trainer": {"warp_speed": 9}, "eval": {}})
     with pytest.raises(ValueError, match=r"config\.yaml: its trainer settings .*warp_speed"):
-        saved_run_config(tmp_path / ".hydra" / "config.yaml", [])
+        read_run_record(tmp_path / ".hydra" / "config.yaml", [])
 
 
 def test_the_evaluation_cli_prints_one_error_line_for_a_folder_that_is_no_run(tmp_path, capsys):

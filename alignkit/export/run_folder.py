@@ -7,8 +7,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from alignkit.config import ModelConfig, register_configs
+from alignkit.config import ModelConfig
 from alignkit.models.lora_files import DIFFUSERS_WEIGHT_NAME, LoRALayer, read_lora_file
+from alignkit.run_record import read_run_record
 
 
 @dataclass
@@ -50,10 +51,8 @@ def open_run(run_dir: str | Path) -> RunFolder:
             f"{path} is not a run folder (no .hydra/config.yaml): pass the folder a "
             "`python -m alignkit ... output_dir=...` run wrote"
         )
-    register_configs()  # the resolvers the stored config refers to (alignkit_asset)
-    config = OmegaConf.load(config_file)
-    model = OmegaConf.merge(OmegaConf.structured(ModelConfig), config.model)
-    run = RunFolder(path, config, OmegaConf.to_object(model))  # type: ignore[arg-type]
+    config = read_run_record(config_file, [])
+    run = RunFolder(path, config, OmegaConf.to_object(config.model))  # type: ignore[arg-type]
     final = run.final_lora if run.is_lora else run.final_unet
     if not final.exists():
         raise FileNotFoundError(
