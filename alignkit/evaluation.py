@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from alignkit.data.prompts import load_prompt_list
 from alignkit.models import Backbone, ModelLoadError
 from alignkit.rewards import build_reward
 from alignkit.sampling import generate_images
+from alignkit.user_errors import one_line_errors
 
 
 @dataclass
@@ -131,13 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return
-    try:
+    with one_line_errors(ValueError, FileNotFoundError, ModelLoadError):
         results = evaluate_saved_run(Path(argv[0]), argv[1:])
-    except (ValueError, FileNotFoundError, ModelLoadError) as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"alignkit: error: {error}", file=sys.stderr)
-        sys.exit(2)
     print(results_table(results))
 
 

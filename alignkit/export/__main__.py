@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 from alignkit.export import FORMATS, export_run
 from alignkit.export.hub import check_repo_id, stage, upload
 from alignkit.models import ModelLoadError
+from alignkit.user_errors import one_line_errors
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, ModelLoadError)
 
@@ -35,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    try:
+    with one_line_errors(*USER_ERRORS):
         args = _parser().parse_args(argv)
         if args.push_to_hub:
             check_repo_id(args.push_to_hub)
@@ -50,11 +49,6 @@ def main(argv: list[str] | None = None) -> None:
             folder = run.path / "export" / "hub"
             stage(run, args.format, args.push_to_hub, written, folder)
             print(upload(folder, args.push_to_hub))
-    except USER_ERRORS as error:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"alignkit: error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":
