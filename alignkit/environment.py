@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 import alignkit
+from alignkit.durable import publish
 
 ENVIRONMENT_FILE = "environment.json"
 #: the libraries whose arithmetic or defaults reach a run's numbers
@@ -82,9 +83,8 @@ def record_environment(run_dir: Path, device: torch.device | str) -> None:
     written beside and renamed into place, so a crash leaves the previous list."""
     path = Path(run_dir) / ENVIRONMENT_FILE
     starts = [*read_starts(run_dir), describe_environment(device)]
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps({"starts": starts}, indent=1))
-    partial.replace(path)
+    text = json.dumps({"starts": starts}, indent=1)
+    publish(path, lambda temporary: temporary.write_text(text))
 
 
 def environment_key(described: dict) -> str:

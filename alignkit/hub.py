@@ -22,6 +22,8 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
 
+from alignkit.durable import publish
+
 #: Seconds to wait when probing whether the hub answers at all (only asked when a remote part
 #: is not in the cache yet).
 PROBE_TIMEOUT_S = 3.0
@@ -127,9 +129,7 @@ def _download_url(url: str, key: str) -> Path:
             f"is reachable and pass the local file: {key}=/path/to/{Path(target).name}"
         ) from None
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.with_suffix(target.suffix + ".partial")
-    staging.write_bytes(payload)
-    staging.replace(target)
+    publish(target, lambda temporary: temporary.write_bytes(payload))
     return target
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -23,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from alignkit.data.batch import PairBatch
 from alignkit.data.sharded import ShardedPairs
+from alignkit.durable import publish
 from alignkit.models import Backbone
 from alignkit.rewards.clip import CONFIG_FILE, WEIGHTS_FILE, ClipModel
 
@@ -143,11 +142,9 @@ def _read_table(file: Path, encoded: ShardedPairs) -> dict[str, torch.Tensor] | 
 
 
 def _write_table(file: Path, table: dict[str, torch.Tensor]) -> None:
-    """Atomically (temporary file + rename), so concurrent processes never read half a file."""
+    """Published whole (``alignkit.durable.publish``): concurrent processes never read half."""
+    tensors = {k: v.contiguous() for k, v in table.items()}
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{file.name}.", dir=file.parent)
-        os.close(handle)
-        save_file({k: v.contiguous() for k, v in table.items()}, temporary)
-        os.replace(temporary, file)
+        publish(file, lambda temporary: save_file(tensors, temporary))
     except OSError as err:
         log.warning("RPO: could not store CLIP embeddings at %s (%s)", file, err)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from alignkit.data.encoded import EncodedPairs
+from alignkit.durable import TEMPORARY_SUFFIX, publish
 
 CACHE_FORMAT = 2
 CACHE_DIR_ENV = "ALIGNKIT_CACHE_DIR"
@@ -38,7 +38,6 @@ DEFAULT_CACHE_DIR = "~/.cache/alignkit/latents"
 MANIFEST = "manifest.json"
 INDEX = "index.safetensors"
 EMPTY_PROMPT = "empty_prompt.safetensors"
-TEMPORARY_SUFFIX = ".partial"
 
 
 class CacheReadError(RuntimeError):
@@ -62,29 +61,6 @@ def cache_key(parts: dict[str, Any]) -> str:
 
 def shard_name(number: int) -> str:
     return f"pairs-{number:05d}.safetensors"
-
-
-def publish(path: Path, write: Callable[[Path], None]) -> None:
-    """``write`` a temporary file beside ``path``, flush it to disk, then rename it to ``path``.
-
-    Readers (and a rerun after a crash) see either no file or the whole file.
-    """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}{TEMPORARY_SUFFIX}")
-    try:
-        write(temporary)
-        descriptor = os.open(temporary, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 def write_shard(

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from transformers import CLIPTokenizer
 
+from alignkit.durable import publish
+
 #: The number of merges CLIP uses from the file (49152 tokens - 256 bytes - 2 specials).
 _NUM_MERGES = 49152 - 256 - 2
 START_TOKEN = "<|startoftext|>"
@@ -62,17 +64,12 @@ def write_clip_tokenizer_files(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = clip_vocab_and_merges()
-    _write_whole(folder / "vocab.json", json.dumps(vocab, ensure_ascii=False))
-    _write_whole(folder / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
+    # processes that start together (one per GPU) share this folder: never half a file
+    vocab_text = json.dumps(vocab, ensure_ascii=False)
+    publish(folder / "vocab.json", lambda temporary: temporary.write_text(vocab_text))
+    merges_text = "#version: 0.2\n" + "\n".join(merges) + "\n"
+    publish(folder / "merges.txt", lambda temporary: temporary.write_text(merges_text))
     return folder
-
-
-def _write_whole(path: Path, text: str) -> None:
-    """Write under a private name, then rename: processes that start together (one per GPU)
-    share this folder, and one must never read the other's half-written file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def _default_tokenizer_dir() -> Path:
