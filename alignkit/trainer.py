@@ -74,6 +74,27 @@ class BatchSource(Protocol):
     def batch(self, index: int) -> Any: ...
 
 
+def micro_batch_index(
+    step: int, micro: int, grad_accum: int, process_index: int, num_processes: int
+) -> int:
+    """The batch-source index of micro-batch ``micro`` of optimizer step ``step`` on process
+    ``process_index``: processes interleave, so every index is trained on exactly once."""
+    return (step * grad_accum + micro) * num_processes + process_index
+
+
+@dataclass
+class FitPlan:
+    """What an algorithm's optional ``before_fit(plan)`` may precompute for: the micro-batches
+    this process trains on from the current step to ``max_steps``, in order."""
+
+    batches: BatchSource
+    indices: list[int]
+    seed: int
+    run_dir: Path
+    autocast: Callable[[], Any]
+    progress_bar: bool
+
+
 class ConfigMismatchError(RuntimeError):
     """Resuming a run folder with settings that would change the run."""
 
@@ -160,6 +181,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.accelerator = accelerator
         self.config = config
+        self.seed = seed
         self.sharded = is_sharded(accelerator)
         if self.sharded:
             check_sharded_settings(backbone.cfg.finetune, cfg.ema)
@@ -264,8 +286,10 @@ class Trainer:
         self._step_start_algorithm = self._algorithm_state()
         self._phase = "accumulating"
         for micro in range(accum):
-            index = (self.step * accum + micro) * accelerator.num_processes
-            batch = self.batches.batch(index + accelerator.process_index).to(accelerator.device)
+            index = micro_batch_index(
+                self.step, micro, accum, accelerator.process_index, accelerator.num_processes
+            )
+            batch = self.batches.batch(index).to(accelerator.device)
             last = micro == accum - 1
             sync = nullcontext() if last else accelerator.no_sync(self.backbone.unet_forward)
             with sync, accelerator.autocast():
@@ -299,6 +323,32 @@ class Trainer:
         sums["samples"] = samples * accelerator.num_processes
         return dict(sums)
 
+    def fit_plan(self) -> FitPlan:
+        """The micro-batches this process has left to train on, and how to run them."""
+        accelerator, accum = self.accelerator, self.cfg.grad_accum
+        indices = [
+            micro_batch_index(
+                step, micro, accum, accelerator.process_index, accelerator.num_processes
+            )
+            for step in range(self.step, self.cfg.max_steps)
+            for micro in range(accum)
+        ]
+        return FitPlan(
+            batches=self.batches,
+            indices=indices,
+            seed=self.seed,
+            run_dir=self.run_dir,
+            autocast=accelerator.autocast,
+            progress_bar=self.cfg.progress_bar and accelerator.is_main_process,
+        )
+
+    def prepare_algorithm(self) -> None:
+        """Run the algorithm's ``before_fit(plan)``, if it has one, for the steps left: e.g.
+        DPO with ``algo.reference=precomputed`` computes its reference errors there."""
+        before_fit = getattr(self.algorithm, "before_fit", None)
+        if before_fit is not None:
+            before_fit(self.fit_plan())
+
     def fit(
         self,
         sinks: list[MetricsSink],
@@ -308,6 +358,7 @@ class Trainer:
         step (e.g. the periodic samples of ``alignkit.watch``); the scalars it returns are
         logged with that step's metrics, even on a step ``log_every`` skips."""
         resumed_from = self.step
+        self.prepare_algorithm()
         bar = tqdm(
             total=self.cfg.max_steps,
             initial=self.step,

@@ -43,6 +43,7 @@ class SyntheticPairs:
             text={k: v[rows] for k, v in self.text.items()},
             micro_cond=default_micro_cond(self.batch_size, 32),
             prompts=[PROMPTS[r] for r in rows],
+            index=index,
         )
 
 

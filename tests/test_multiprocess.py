@@ -1,5 +1,6 @@
 """Two processes over gloo on the CPU, launched as on a GPU box (``accelerate launch``):
-DPO and SPO runs finish, and a run stopped by SIGTERM resumes to the uninterrupted weights.
+DPO and SPO runs finish, and a run stopped by SIGTERM resumes to the uninterrupted weights,
+with the reference pass in every step and with the reference errors computed ahead.
 
 ``accelerate launch --cpu`` starts one process only (accelerate runs several CPU processes
 through mpirun); ``--multi_gpu`` with ``trainer.cpu=true`` starts them with torchrun and
@@ -74,10 +75,14 @@ def _assert_both_ranks_saved(checkpoint) -> None:
     assert not torch.equal(first["alignkit_generator"], second["alignkit_generator"])
 
 
-def test_two_process_dpo_stopped_by_sigterm_resumes_to_the_uninterrupted_weights(tmp_path):
+@pytest.mark.parametrize("reference", ["live", "precomputed"])
+def test_two_process_dpo_stopped_by_sigterm_resumes_to_the_uninterrupted_weights(
+    tmp_path, reference
+):
     pairs = write_pair_folder(tmp_path / "pairs")
     dpo = [
         "model=tiny_sd",
+        f"algo.reference={reference}",
         "data=pairs",
         f"data.path={pairs}",
         "trainer.batch_size=2",
@@ -107,6 +112,13 @@ def test_two_process_dpo_stopped_by_sigterm_resumes_to_the_uninterrupted_weights
     assert expected.keys() == got.keys()
     for key in expected:
         assert torch.equal(expected[key], got[key]), key
+    if reference == "precomputed":  # each rank computed the micro-batches it trains on
+        indices = sorted(
+            index
+            for chunk in (tmp_path / "b" / "reference_errors").iterdir()
+            for index in load_file(chunk)["indices"].tolist()
+        )
+        assert indices == list(range(2 * MAX_STEPS))
 
 
 def test_two_process_spo_run_finishes_in_one_run_folder_with_each_ranks_state(tmp_path):

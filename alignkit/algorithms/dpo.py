@@ -3,33 +3,35 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
-from alignkit.algorithms.errors import denoising_errors, pair_errors
+from alignkit.algorithms.errors import denoising_errors, noise_and_timesteps, pair_errors
+from alignkit.algorithms.reference_errors import FOLDER, ReferenceErrors, batch_noise
 from alignkit.algorithms.registry import ALGORITHMS
 from alignkit.config import AlgoConfig
 from alignkit.data.batch import PairBatch
 from alignkit.losses import diffusion_dpo_loss, dpo_logits, implicit_accuracy
 from alignkit.models import Backbone
 
+if TYPE_CHECKING:
+    from alignkit.trainer import FitPlan
+
+#: algo.reference: how the reference model's errors are obtained
+REFERENCE_CHOICES = ("live", "precomputed")
+
 
 @dataclass
 class DPOConfig(AlgoConfig):
     beta: float = 5000.0
+    reference: str = "live"
 
 
 @dataclass
 class SFTConfig(AlgoConfig):
     pass
-
-
-def _noise_and_timesteps(
-    backbone: Backbone, like: torch.Tensor, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    t = backbone.sample_timesteps(like.shape[0], generator)
-    noise = torch.randn(like.shape, generator=generator, dtype=torch.float32)
-    return t, noise
 
 
 @ALGORITHMS.register("dpo")
@@ -40,12 +42,41 @@ class DiffusionDPO:
     config_class = DPOConfig
 
     def __init__(self, cfg: DPOConfig, backbone: Backbone) -> None:
+        if cfg.reference not in REFERENCE_CHOICES:
+            raise ValueError(
+                f"algo.reference={cfg.reference!r} is unknown; choose live (the reference pass "
+                "in every step) or precomputed (all reference errors computed before training)"
+            )
         self.beta = cfg.beta
         self.backbone = backbone
+        self.precomputed: ReferenceErrors | None = None
+        self.seed = 0
+        self.reference = cfg.reference
+
+    def before_fit(self, plan: FitPlan) -> None:
+        """With ``algo.reference=precomputed``: the reference errors of every micro-batch left."""
+        if self.reference != "precomputed":
+            return
+        self.seed = plan.seed
+        self.precomputed = ReferenceErrors(Path(plan.run_dir) / FOLDER)
+        self.precomputed.compute(self.backbone, plan)
 
     def loss(self, batch: PairBatch, generator: torch.Generator):
-        t, noise = _noise_and_timesteps(self.backbone, batch.latents_w, generator)
-        model_w, model_l, ref_w, ref_l = pair_errors(self.backbone, batch, t, noise)
+        if self.reference == "precomputed":
+            if self.precomputed is None:
+                raise RuntimeError(
+                    "algo.reference=precomputed: the reference errors are not computed yet; "
+                    "Trainer.fit does that first (or call Trainer.prepare_algorithm())"
+                )
+            ref_w, ref_l = self.precomputed.lookup(batch.index)
+            t, noise = batch_noise(self.backbone, batch.latents_w, self.seed, batch.index)
+            model_w, model_l, _, _ = pair_errors(
+                self.backbone, batch, t, noise, with_reference=False
+            )
+            ref_w, ref_l = ref_w.to(model_w.device), ref_l.to(model_w.device)
+        else:
+            t, noise = noise_and_timesteps(self.backbone, batch.latents_w, generator)
+            model_w, model_l, ref_w, ref_l = pair_errors(self.backbone, batch, t, noise)
         loss = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, self.beta)
         logits = dpo_logits(model_w.detach(), model_l.detach(), ref_w, ref_l, self.beta)
         metrics = {
@@ -69,7 +100,7 @@ class SupervisedFineTuning:
         self.backbone = backbone
 
     def loss(self, batch: PairBatch, generator: torch.Generator):
-        t, noise = _noise_and_timesteps(self.backbone, batch.latents_w, generator)
+        t, noise = noise_and_timesteps(self.backbone, batch.latents_w, generator)
         model_w, _ = denoising_errors(
             self.backbone,
             batch.latents_w,

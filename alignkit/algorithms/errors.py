@@ -8,6 +8,15 @@ from alignkit.models import Backbone
 from alignkit.models.schedule import per_sample_mse
 
 
+def noise_and_timesteps(
+    backbone: Backbone, like: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One timestep and one noise tensor per row of ``like``, drawn from ``generator``."""
+    t = backbone.sample_timesteps(like.shape[0], generator)
+    noise = torch.randn(like.shape, generator=generator, dtype=torch.float32)
+    return t, noise
+
+
 def denoising_errors(
     backbone: Backbone,
     latents: torch.Tensor,
@@ -16,17 +25,21 @@ def denoising_errors(
     t: torch.Tensor,
     noise: torch.Tensor,
     with_reference: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``MSE(model(x_t) - target)`` per sample for the policy (with grad) and the reference."""
+    with_policy: bool = True,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``MSE(model(x_t) - target)`` per sample for the policy (with grad) and the reference;
+    a side left out (``with_policy`` / ``with_reference`` false) is ``None``."""
     device = backbone.device
     latents, noise, t = latents.to(device), noise.to(device), t.to(device)
     x_t = backbone.add_noise(latents, noise, t)
     target = backbone.target(latents, noise, t)
-    model_err = per_sample_mse(backbone.predict(x_t, t, text, micro_cond), target)
-    if not with_reference:
-        return model_err, None
-    ref_pred = backbone.predict(x_t, t, text, micro_cond, reference=True)
-    return model_err, per_sample_mse(ref_pred, target)
+    model_err = ref_err = None
+    if with_policy:
+        model_err = per_sample_mse(backbone.predict(x_t, t, text, micro_cond), target)
+    if with_reference:
+        ref_pred = backbone.predict(x_t, t, text, micro_cond, reference=True)
+        ref_err = per_sample_mse(ref_pred, target)
+    return model_err, ref_err
 
 
 def paired(tensor: torch.Tensor) -> torch.Tensor:
@@ -35,10 +48,16 @@ def paired(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def pair_errors(
-    backbone: Backbone, batch, t: torch.Tensor, noise: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    backbone: Backbone,
+    batch,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    with_reference: bool = True,
+    with_policy: bool = True,
+) -> tuple[torch.Tensor | None, ...]:
     """Policy and reference errors of winners and losers ``(model_w, model_l, ref_w, ref_l)``,
-    each winner and its loser noised alike (one ``t`` and ``noise`` row per pair)."""
+    each winner and its loser noised alike (one ``t`` and ``noise`` row per pair); the halves
+    of a side left out are ``None``."""
     model_err, ref_err = denoising_errors(
         backbone,
         torch.cat([batch.latents_w, batch.latents_l]),
@@ -46,7 +65,9 @@ def pair_errors(
         paired(batch.micro_cond),
         paired(t),
         paired(noise),
+        with_reference=with_reference,
+        with_policy=with_policy,
     )
-    model_w, model_l = model_err.chunk(2)
-    ref_w, ref_l = ref_err.chunk(2)
+    model_w, model_l = model_err.chunk(2) if model_err is not None else (None, None)
+    ref_w, ref_l = ref_err.chunk(2) if ref_err is not None else (None, None)
     return model_w, model_l, ref_w, ref_l

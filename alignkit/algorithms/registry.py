@@ -17,7 +17,9 @@ class Algorithm(Protocol):
     the scalar to minimise and the per-step metrics to log. ``generator`` drives every random
     draw (timesteps, noise) so that a resumed run repeats the uninterrupted one exactly.
     An algorithm may also define ``prepare(batches)``, called once before training with the
-    batch source (e.g. RPO embeds the cached dataset with CLIP there).
+    batch source (e.g. RPO embeds the cached dataset with CLIP there), and
+    ``before_fit(plan)``, called by ``Trainer.fit`` with the micro-batches this process will
+    train on (``alignkit.trainer.FitPlan``; DPO precomputes its reference errors there).
     """
 
     data_kind: ClassVar[str]

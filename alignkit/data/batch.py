@@ -40,6 +40,8 @@ class PairBatch:
     micro_cond: torch.Tensor
     prompts: list[str] = field(default_factory=list)
     row_ids: list[int] = field(default_factory=list)
+    #: the batch source's index of this micro-batch (None where a source does not say)
+    index: int | None = None
 
     def __len__(self) -> int:
         return self.latents_w.shape[0]
@@ -52,4 +54,5 @@ class PairBatch:
             micro_cond=self.micro_cond.to(device),
             prompts=self.prompts,
             row_ids=self.row_ids,
+            index=self.index,
         )

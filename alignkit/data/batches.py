@@ -129,7 +129,8 @@ class PairBatches:
         epoch, offset = divmod(index, self.batches_per_epoch)
         start = offset * self.batch_size
         positions = self.epoch_order(epoch)[start : start + self.batch_size].tolist()
-        return self._drop_captions(self.store.gather(positions, epoch), index)
+        batch = self._drop_captions(self.store.gather(positions, epoch), index)
+        return dataclasses.replace(batch, index=index)
 
     def _drop_captions(self, batch: PairBatch, index: int) -> PairBatch:
         """Swap in the empty prompt's encoding with probability ``caption_dropout`` per pair."""

@@ -1,0 +1,116 @@
+"""Diffusion-DPO's reference errors computed before training (``algo.reference=precomputed``).
+
+The reference half of the DPO objective is the frozen model's denoising error on the same
+noised pair as the policy's. It never depends on the trained weights, only on the micro-batch
+and its noise, so when each micro-batch's timesteps and noise are drawn from its own index
+(``batch_noise``) the reference errors of a whole run can be computed ahead, in the same
+forward passes the training steps would make, and each training step runs the policy alone:
+a third less UNet work per step (forward, reference forward, backward become forward,
+backward). The total work is unchanged; it moves to the start of the run (the TRL library's
+``precompute_ref_log_probs`` does the same for language-model DPO).
+
+Each process computes the micro-batches it will train on and stores them in the run folder,
+``reference_errors/<first>-<last>.safetensors`` per ``CHUNK`` micro-batches, so a crash loses
+at most one chunk and a resumed run reads what is there instead of computing it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from alignkit.algorithms.errors import noise_and_timesteps, pair_errors
+from alignkit.data.seeding import derived_generator
+from alignkit.durable import publish
+from alignkit.models import Backbone
+
+if TYPE_CHECKING:
+    from alignkit.trainer import FitPlan
+
+log = logging.getLogger(__name__)
+
+FOLDER = "reference_errors"
+#: micro-batches per file: what a crash during the computation can lose at most (our choice)
+CHUNK = 256
+
+
+def batch_noise(
+    backbone: Backbone, like: torch.Tensor, seed: int, index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Timesteps and noise of micro-batch ``index``, drawn from ``(seed, index)`` alone, so that
+    computing its reference errors ahead and training on it later see the same draw."""
+    return noise_and_timesteps(backbone, like, derived_generator("dpo-noise", seed, index))
+
+
+class ReferenceErrors:
+    """``(ref_w, ref_l)`` per micro-batch index, read from and written to ``folder``."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.errors: dict[int, torch.Tensor] = {}  # index -> [2, B]: winners, losers
+
+    def __contains__(self, index: int) -> bool:
+        return index in self.errors
+
+    def lookup(self, index: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if index is None or index not in self.errors:
+            raise RuntimeError(
+                f"algo.reference=precomputed has no reference errors for micro-batch {index}: "
+                "they are computed by Trainer.fit (Trainer.prepare_algorithm) for the steps up "
+                "to trainer.max_steps, from a batch source whose batches carry their index"
+            )
+        ref_w, ref_l = self.errors[index]
+        return ref_w, ref_l
+
+    def read(self) -> None:
+        """Load every readable chunk in the folder; an unreadable one is computed again."""
+        for file in sorted(self.folder.glob("*.safetensors")):
+            try:
+                chunk = load_file(file)
+                indices, errors = chunk["indices"].tolist(), chunk["errors"]
+            except (OSError, KeyError, SafetensorError) as err:
+                log.warning("unreadable reference errors %s (%s); computing them again", file, err)
+                continue
+            self.errors.update(zip(indices, errors.unbind(0)))
+
+    def compute(self, backbone: Backbone, plan: FitPlan) -> None:
+        """The reference errors of every micro-batch of ``plan`` not in the folder yet."""
+        self.read()
+        missing = [index for index in plan.indices if index not in self.errors]
+        if not missing:
+            return
+        log.info("DPO: computing reference errors of %d micro-batches ahead", len(missing))
+        with tqdm(
+            total=len(missing), desc="reference errors", disable=not plan.progress_bar
+        ) as bar:
+            for start in range(0, len(missing), CHUNK):
+                chunk = missing[start : start + CHUNK]
+                rows = [self._errors_of(backbone, plan, index, bar) for index in chunk]
+                self._write(chunk, torch.stack(rows))
+                self.errors.update(zip(chunk, rows))
+
+    def _errors_of(self, backbone: Backbone, plan: FitPlan, index: int, bar: tqdm) -> torch.Tensor:
+        batch = plan.batches.batch(index).to(backbone.device)
+        t, noise = batch_noise(backbone, batch.latents_w, plan.seed, index)
+        with plan.autocast():
+            _, _, ref_w, ref_l = pair_errors(backbone, batch, t, noise, with_policy=False)
+        bar.update()
+        return torch.stack([ref_w, ref_l]).float().cpu()
+
+    def _write(self, indices: list[int], errors: torch.Tensor) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        file = self.folder / f"{min(indices):010d}-{max(indices):010d}.safetensors"
+        tensors = {"indices": torch.tensor(indices), "errors": errors.contiguous()}
+        try:
+            publish(file, lambda temporary: save_file(tensors, temporary))
+        except OSError as err:
+            raise OSError(
+                f"could not store reference errors in {self.folder} ({err}); free space there "
+                "or use algo.reference=live (the chunks already stored are kept)"
+            ) from err

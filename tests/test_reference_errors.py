@@ -1,0 +1,160 @@
+"""DPO with ``algo.reference=precomputed``: the reference errors computed before training are
+the live reference pass's, each step then runs the policy alone, and the stored errors survive
+crashes, resumes and unreadable files."""
+
+import errno
+import json
+
+import pytest
+import torch
+
+from alignkit.algorithms import reference_errors
+from alignkit.algorithms.dpo import DPOConfig
+from alignkit.algorithms.errors import pair_errors
+from alignkit.algorithms.reference_errors import FOLDER, batch_noise
+from alignkit.losses import diffusion_dpo_loss
+from alignkit.sinks import JsonlSink
+from tests.model_helpers import tiny_backbone, tiny_trainer
+
+PRECOMPUTED = DPOConfig(name="dpo", beta=5000.0, reference="precomputed")
+
+
+def _trainer(run_dir, **overrides):
+    return tiny_trainer(tiny_backbone(), run_dir, algo=PRECOMPUTED, **overrides)
+
+
+def _count_reference_passes(trainer) -> dict[str, int]:
+    """Count the backbone's policy and reference predictions from now on."""
+    backbone, calls = trainer.backbone, {"policy": 0, "reference": 0}
+    predict = backbone.predict
+
+    def counted(*args, reference=False, **kwargs):
+        calls["reference" if reference else "policy"] += 1
+        return predict(*args, reference=reference, **kwargs)
+
+    backbone.predict = counted
+    return calls
+
+
+def test_precomputed_loss_is_the_dpo_loss_with_a_live_reference_pass(tmp_path):
+    trainer = _trainer(tmp_path, max_steps=2, grad_accum=2)
+    trainer.prepare_algorithm()
+    backbone, algorithm = trainer.backbone, trainer.algorithm
+    assert sorted(algorithm.precomputed.errors) == [0, 1, 2, 3]
+    for index in range(4):
+        batch = trainer.batches.batch(index)
+        t, noise = batch_noise(backbone, batch.latents_w, trainer.seed, index)
+        model_w, model_l, ref_w, ref_l = pair_errors(backbone, batch, t, noise)
+        stored_w, stored_l = algorithm.precomputed.lookup(index)
+        assert torch.equal(stored_w, ref_w) and torch.equal(stored_l, ref_l)
+        loss, metrics = algorithm.loss(batch, torch.Generator())
+        expected = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, 5000.0)
+        assert torch.equal(loss, expected)
+        assert metrics["ref_mse_w"] == pytest.approx(ref_w.mean().item())
+
+
+def test_a_precomputed_step_runs_the_unet_once_per_micro_batch(tmp_path):
+    live = tiny_trainer(tiny_backbone(), tmp_path / "live", grad_accum=2)
+    live_calls = _count_reference_passes(live)
+    live.train_step()
+    assert live_calls == {"policy": 2, "reference": 2}
+
+    precomputed = _trainer(tmp_path / "pre", grad_accum=2)
+    calls = _count_reference_passes(precomputed)
+    precomputed.prepare_algorithm()
+    assert calls == {"policy": 0, "reference": 6}  # 3 steps x 2 micro-batches, ahead
+    precomputed.train_step()
+    assert calls == {"policy": 2, "reference": 6}
+
+
+def test_noise_of_a_micro_batch_depends_on_its_index_and_seed_only():
+    backbone = tiny_backbone()
+    like = torch.zeros(3, 4, 8, 8)
+    t, noise = batch_noise(backbone, like, seed=1, index=5)
+    again_t, again_noise = batch_noise(backbone, like, seed=1, index=5)
+    assert torch.equal(t, again_t) and torch.equal(noise, again_noise)
+    assert not torch.equal(noise, batch_noise(backbone, like, seed=1, index=6)[1])
+    assert not torch.equal(noise, batch_noise(backbone, like, seed=2, index=5)[1])
+
+
+def test_crashed_run_resumes_from_the_stored_errors_to_the_uninterrupted_weights(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(reference_errors, "CHUNK", 2)
+    settings = {"max_steps": 4, "checkpoint_every": 2}
+    uninterrupted = _trainer(tmp_path / "a", **settings)
+    uninterrupted.fit([])
+
+    crashing = _trainer(tmp_path / "b", **settings)
+    real_batch = crashing.batches.batch
+    crashing.batches.batch = lambda index: real_batch(index) if index != 3 else 1 / 0
+    with pytest.raises(ZeroDivisionError):
+        crashing.fit([])  # while computing index 3: the chunk of indices 0 and 1 is stored
+    stored = sorted(p.name for p in (tmp_path / "b" / FOLDER).iterdir())
+    assert stored == ["0000000000-0000000001.safetensors"]
+
+    resumed = _trainer(tmp_path / "b", **settings)
+    calls = _count_reference_passes(resumed)
+    resumed.resume()
+    resumed.fit([JsonlSink(tmp_path / "b" / "metrics.jsonl")])
+    assert calls["reference"] == 2  # indices 2 and 3 only
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").open()]
+    assert steps == [1, 2, 3, 4]
+    expected = uninterrupted.backbone.trainable_state_dict()
+    got = resumed.backbone.trainable_state_dict()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_an_unreadable_chunk_is_computed_again(tmp_path, caplog):
+    first = _trainer(tmp_path)
+    first.prepare_algorithm()
+    (chunk,) = (tmp_path / FOLDER).iterdir()
+    expected = dict(first.algorithm.precomputed.errors)
+    chunk.write_bytes(b"not a safetensors file")
+
+    second = _trainer(tmp_path)
+    calls = _count_reference_passes(second)
+    second.prepare_algorithm()
+    assert calls["reference"] == 3
+    assert "unreadable reference errors" in caplog.text
+    for index, errors in expected.items():
+        assert torch.equal(second.algorithm.precomputed.errors[index], errors)
+
+
+def test_a_full_disk_is_a_clear_error_that_keeps_the_stored_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(reference_errors, "CHUNK", 1)
+    real_save = reference_errors.save_file
+    saves = {"n": 0}
+
+    def save_until_full(tensors, path):
+        saves["n"] += 1
+        if saves["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_save(tensors, path)
+
+    monkeypatch.setattr(reference_errors, "save_file", save_until_full)
+    trainer = _trainer(tmp_path)
+    with pytest.raises(OSError, match="could not store reference errors .* free space"):
+        trainer.prepare_algorithm()
+    assert sorted(p.name for p in (tmp_path / FOLDER).iterdir()) == [
+        "0000000000-0000000000.safetensors"
+    ]  # no temporary left behind, the first chunk whole
+
+
+def test_unknown_reference_setting_names_the_choices():
+    with pytest.raises(ValueError, match=r"algo.reference='cached' is unknown; choose live"):
+        tiny_trainer(tiny_backbone(), "unused", algo=DPOConfig(name="dpo", reference="cached"))
+
+
+def test_a_step_before_the_errors_are_computed_is_a_clear_error(tmp_path):
+    with pytest.raises(RuntimeError, match="not computed yet"):
+        _trainer(tmp_path).train_step()
+
+
+def test_steps_past_the_computed_ones_are_a_clear_error(tmp_path):
+    trainer = _trainer(tmp_path, max_steps=1)
+    trainer.prepare_algorithm()
+    trainer.train_step()
+    with pytest.raises(RuntimeError, match="no reference errors for micro-batch 1"):
+        trainer.train_step()
