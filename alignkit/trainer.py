@@ -85,10 +85,12 @@ def micro_batch_index(
 @dataclass
 class FitPlan:
     """What an algorithm's optional ``before_fit(plan)`` may precompute for: the micro-batches
-    this process trains on from the current step to ``max_steps``, in order."""
+    this process trains on from step 0 to ``max_steps``, in order, of which the run (when
+    resumed) still has ``indices[start:]`` to go."""
 
     batches: BatchSource
     indices: list[int]
+    start: int
     seed: int
     run_dir: Path
     autocast: Callable[[], Any]
@@ -330,12 +332,13 @@ class Trainer:
             micro_batch_index(
                 step, micro, accum, accelerator.process_index, accelerator.num_processes
             )
-            for step in range(self.step, self.cfg.max_steps)
+            for step in range(self.cfg.max_steps)
             for micro in range(accum)
         ]
         return FitPlan(
             batches=self.batches,
             indices=indices,
+            start=min(self.step, self.cfg.max_steps) * accum,
             seed=self.seed,
             run_dir=self.run_dir,
             autocast=accelerator.autocast,

@@ -14,6 +14,10 @@ preference pairs, then times, alternating in one process so machine load hits bo
   lr schedule, zero_grad). Their batches (decoded, transformed pixels and token ids, as their
   DataLoader hands them over) are made before timing; decoding JPEGs is not timed on either
   side. Peak memory: each side alone in a subprocess (peak RSS above the RSS after imports).
+  ``--reference precomputed`` runs alignkit with ``algo.reference=precomputed``: the reference
+  errors of every step it will take are computed first (timed apart, reported per step and
+  counted in a second ratio; ``--reference-micro-batches`` per forward pass), then each timed
+  step runs the policy only.
 * ``sampling``: 4 prompts, 20 DDIM steps, CFG 5, eta 1, 64 px, decoded to pixels. alignkit:
   ``sample_with_log_probs`` + one decode (what ``alignkit.bench_spo`` calls plain sampling).
   diffusers: ``StableDiffusionPipeline`` from the folder with a DDIMScheduler, ``output_type="pt"``.
@@ -158,8 +162,17 @@ def write_pairs(folder: Path, rows: int) -> Path:
 
 
 def alignkit_dpo_step(
-    model: Path, pairs: Path, scratch: Path, batch: int, compile_unet: bool = False
-) -> Callable[[], None]:
+    model: Path,
+    pairs: Path,
+    scratch: Path,
+    batch: int,
+    compile_unet: bool = False,
+    reference: str = "live",
+    steps: int = 10**9,
+    per_pass: int = 1,
+) -> tuple[Callable[[], None], float]:
+    """alignkit's step function, and the seconds spent computing reference errors ahead (0 with
+    ``reference="live"``; with ``"precomputed"`` they are computed for ``steps`` steps)."""
     from accelerate import Accelerator
 
     from alignkit.algorithms import build_algorithm
@@ -176,19 +189,27 @@ def alignkit_dpo_step(
     backbone = build_backbone(model_cfg, "cpu")
     data_cfg = DataConfig(name="bench", path=str(pairs), cache_dir=str(scratch / "cache"))
     batches = build_pair_batches(data_cfg, backbone, RESOLUTION, batch, seed=0, device="cpu")
+    algo = DPOConfig(
+        name="dpo",
+        beta=2 * BETA_DIFFUSERS,
+        reference=reference,
+        reference_micro_batches=per_pass,
+    )
     trainer = Trainer(
         TrainerConfig(
-            max_steps=10**9, batch_size=batch, lr=1e-5, progress_bar=False, compile=compile_unet
+            max_steps=steps, batch_size=batch, lr=1e-5, progress_bar=False, compile=compile_unet
         ),
         backbone,
-        build_algorithm(DPOConfig(name="dpo", beta=2 * BETA_DIFFUSERS), backbone),
+        build_algorithm(algo, backbone),
         batches,
-        scratch / "run",
+        tempfile.mkdtemp(prefix="run-", dir=scratch),  # each call computes its own errors
         Accelerator(cpu=True),
         0,
         {},
     )
-    return lambda: trainer.train_step()
+    started = time.perf_counter()
+    trainer.prepare_algorithm()
+    return (lambda: trainer.train_step()), time.perf_counter() - started
 
 
 def _load_script(path: Path, name: str):
@@ -437,8 +458,15 @@ def measure_memory(side: str, args: argparse.Namespace) -> float:
     baseline = _peak_rss_mb()
     scratch = Path(args.scratch)
     if side == "alignkit":
-        step = alignkit_dpo_step(
-            scratch / "model", scratch / "pairs", scratch, args.batch, args.compile
+        step, _ = alignkit_dpo_step(
+            scratch / "model",
+            scratch / "pairs",
+            scratch,
+            args.batch,
+            args.compile,
+            args.reference,
+            max(args.memory_steps, args.reference_micro_batches),  # one whole pass ahead
+            args.reference_micro_batches,
         )
     else:
         step = diffusers_dpo_step(args.diffusers, scratch / "model", scratch / "pairs", args.batch)
@@ -471,6 +499,19 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="alignkit's DPO step with trainer.compile=true (inductor; the first steps compile)",
     )
+    parser.add_argument(
+        "--reference",
+        choices=["live", "precomputed"],
+        default="live",
+        help="alignkit's algo.reference: precomputed computes the reference errors of the "
+        "timed steps first (timed apart and reported) and then steps the policy only",
+    )
+    parser.add_argument(
+        "--reference-micro-batches",
+        type=int,
+        default=1,
+        help="with --reference precomputed: micro-batches per forward pass computed ahead",
+    )
     parser.add_argument("--memory-side", choices=["alignkit", "diffusers"], help=argparse.SUPPRESS)
     parser.add_argument("--scratch", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -493,9 +534,20 @@ def main(argv: list[str] | None = None) -> dict:
         build_model_folder(scratch / "model")
         write_pairs(scratch / "pairs", rows=8 * args.batch)
         if args.what in ("all", "dpo"):
-            ours = alignkit_dpo_step(
-                scratch / "model", scratch / "pairs", scratch, args.batch, args.compile
+            steps = (COMPILE_WARMUP_STEPS if args.compile else 0) + args.repeats + 2
+            ours, ahead_s = alignkit_dpo_step(
+                scratch / "model",
+                scratch / "pairs",
+                scratch,
+                args.batch,
+                args.compile,
+                args.reference,
+                steps,
+                args.reference_micro_batches,
             )
+            results["reference"] = args.reference
+            results["reference_micro_batches"] = args.reference_micro_batches
+            results["reference_ahead_s_per_step"] = ahead_s / steps
             theirs = diffusers_dpo_step(
                 args.diffusers, scratch / "model", scratch / "pairs", args.batch
             )
@@ -507,6 +559,15 @@ def main(argv: list[str] | None = None) -> dict:
                 "other": dpo_flops(theirs),
             }
             results.update(side_by_side({"dpo_step": (ours, theirs)}, args.repeats))
+            if args.reference == "precomputed":
+                timed = results["dpo_step"]["median_s"]
+                whole = timed["alignkit"] + results["reference_ahead_s_per_step"]
+                results["dpo_step"]["speedup_counting_ahead"] = timed["other"] / whole
+                print(
+                    f"reference errors computed ahead: {results['reference_ahead_s_per_step']:.3f}"
+                    f" s per step; counting them, alignkit "
+                    f"{results['dpo_step']['speedup_counting_ahead']:.2f}x"
+                )
             memory = {}
             for side in ("alignkit", "diffusers"):
                 command = [
@@ -514,6 +575,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "--memory-side", side, "--scratch", str(scratch),
                     "--batch", str(args.batch), "--threads", str(args.threads),
                     "--memory-steps", str(args.memory_steps),
+                    "--reference", args.reference,
+                    "--reference-micro-batches", str(args.reference_micro_batches),
                     *(["--compile"] if args.compile else []),
                 ]  # fmt: skip
                 output = subprocess.run(command, capture_output=True, text=True, check=True)

@@ -53,6 +53,25 @@ def test_precomputed_loss_is_the_dpo_loss_with_a_live_reference_pass(tmp_path):
         assert metrics["ref_mse_w"] == pytest.approx(ref_w.mean().item())
 
 
+def test_micro_batches_sharing_a_pass_get_the_errors_of_separate_passes(tmp_path):
+    alone = _trainer(tmp_path / "alone", max_steps=2, grad_accum=2)
+    alone.prepare_algorithm()
+    shared = tiny_trainer(
+        tiny_backbone(),
+        tmp_path / "shared",
+        algo=DPOConfig(name="dpo", reference="precomputed", reference_micro_batches=3),
+        max_steps=2,
+        grad_accum=2,
+    )
+    calls = _count_reference_passes(shared)
+    shared.prepare_algorithm()
+    assert calls["reference"] == 2  # micro-batches 0-2, then 3
+    for index in range(4):
+        expected = alone.algorithm.precomputed.errors[index]
+        got = shared.algorithm.precomputed.errors[index]
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_a_precomputed_step_runs_the_unet_once_per_micro_batch(tmp_path):
     live = tiny_trainer(tiny_backbone(), tmp_path / "live", grad_accum=2)
     live_calls = _count_reference_passes(live)
@@ -81,25 +100,30 @@ def test_crashed_run_resumes_from_the_stored_errors_to_the_uninterrupted_weights
     tmp_path, monkeypatch
 ):
     monkeypatch.setattr(reference_errors, "CHUNK", 2)
-    settings = {"max_steps": 4, "checkpoint_every": 2}
-    uninterrupted = _trainer(tmp_path / "a", **settings)
+    settings = {"max_steps": 6, "checkpoint_every": 2}
+    algo = DPOConfig(name="dpo", reference="precomputed", reference_micro_batches=2)
+
+    def trainer(run_dir):
+        return tiny_trainer(tiny_backbone(), run_dir, algo=algo, **settings)
+
+    uninterrupted = trainer(tmp_path / "a")
     uninterrupted.fit([])
 
-    crashing = _trainer(tmp_path / "b", **settings)
+    crashing = trainer(tmp_path / "b")
     real_batch = crashing.batches.batch
     crashing.batches.batch = lambda index: real_batch(index) if index != 3 else 1 / 0
     with pytest.raises(ZeroDivisionError):
-        crashing.fit([])  # while computing index 3: the chunk of indices 0 and 1 is stored
+        crashing.fit([])  # in the pass of indices 2 and 3: the file of 0 and 1 is stored
     stored = sorted(p.name for p in (tmp_path / "b" / FOLDER).iterdir())
     assert stored == ["0000000000-0000000001.safetensors"]
 
-    resumed = _trainer(tmp_path / "b", **settings)
+    resumed = trainer(tmp_path / "b")
     calls = _count_reference_passes(resumed)
     resumed.resume()
     resumed.fit([JsonlSink(tmp_path / "b" / "metrics.jsonl")])
-    assert calls["reference"] == 2  # indices 2 and 3 only
+    assert calls["reference"] == 2  # the passes of indices 2-3 and 4-5 only
     steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").open()]
-    assert steps == [1, 2, 3, 4]
+    assert steps == [1, 2, 3, 4, 5, 6]
     expected = uninterrupted.backbone.trainable_state_dict()
     got = resumed.backbone.trainable_state_dict()
     for key in expected:
@@ -112,6 +136,7 @@ def test_an_unreadable_chunk_is_computed_again(tmp_path, caplog):
     (chunk,) = (tmp_path / FOLDER).iterdir()
     expected = dict(first.algorithm.precomputed.errors)
     chunk.write_bytes(b"not a safetensors file")
+    (tmp_path / FOLDER / "9999999998-9999999999.safetensors").write_bytes(b"")
 
     second = _trainer(tmp_path)
     calls = _count_reference_passes(second)
@@ -120,6 +145,7 @@ def test_an_unreadable_chunk_is_computed_again(tmp_path, caplog):
     assert "unreadable reference errors" in caplog.text
     for index, errors in expected.items():
         assert torch.equal(second.algorithm.precomputed.errors[index], errors)
+    assert [p.name for p in (tmp_path / FOLDER).iterdir()] == [chunk.name]  # rewritten whole
 
 
 def test_a_full_disk_is_a_clear_error_that_keeps_the_stored_chunks(tmp_path, monkeypatch):
@@ -142,9 +168,12 @@ def test_a_full_disk_is_a_clear_error_that_keeps_the_stored_chunks(tmp_path, mon
     ]  # no temporary left behind, the first chunk whole
 
 
-def test_unknown_reference_setting_names_the_choices():
+def test_bad_reference_settings_name_the_value_and_the_choices():
     with pytest.raises(ValueError, match=r"algo.reference='cached' is unknown; choose live"):
         tiny_trainer(tiny_backbone(), "unused", algo=DPOConfig(name="dpo", reference="cached"))
+    bad = DPOConfig(name="dpo", reference="precomputed", reference_micro_batches=0)
+    with pytest.raises(ValueError, match=r"algo.reference_micro_batches=0 must be at least 1"):
+        tiny_trainer(tiny_backbone(), "unused", algo=bad)
 
 
 def test_a_step_before_the_errors_are_computed_is_a_clear_error(tmp_path):

@@ -27,6 +27,7 @@ REFERENCE_CHOICES = ("live", "precomputed")
 class DPOConfig(AlgoConfig):
     beta: float = 5000.0
     reference: str = "live"
+    reference_micro_batches: int = 1  # with reference=precomputed: micro-batches per pass
 
 
 @dataclass
@@ -47,8 +48,14 @@ class DiffusionDPO:
                 f"algo.reference={cfg.reference!r} is unknown; choose live (the reference pass "
                 "in every step) or precomputed (all reference errors computed before training)"
             )
+        if cfg.reference_micro_batches < 1:
+            raise ValueError(
+                f"algo.reference_micro_batches={cfg.reference_micro_batches} must be at least 1 "
+                "(micro-batches per forward pass when the reference errors are computed ahead)"
+            )
         self.beta = cfg.beta
         self.backbone = backbone
+        self.per_pass = cfg.reference_micro_batches
         self.precomputed: ReferenceErrors | None = None
         self.seed = 0
         self.reference = cfg.reference
@@ -59,7 +66,7 @@ class DiffusionDPO:
             return
         self.seed = plan.seed
         self.precomputed = ReferenceErrors(Path(plan.run_dir) / FOLDER)
-        self.precomputed.compute(self.backbone, plan)
+        self.precomputed.compute(self.backbone, plan, self.per_pass)
 
     def loss(self, batch: PairBatch, generator: torch.Generator):
         if self.reference == "precomputed":

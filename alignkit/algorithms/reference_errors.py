@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from alignkit.algorithms.errors import noise_and_timesteps, pair_errors
+from alignkit.data.batch import PairBatch
 from alignkit.data.seeding import derived_generator
 from alignkit.durable import publish
 from alignkit.models import Backbone
@@ -69,39 +70,67 @@ class ReferenceErrors:
         return ref_w, ref_l
 
     def read(self) -> None:
-        """Load every readable chunk in the folder; an unreadable one is computed again."""
+        """Load every readable file in the folder; an unreadable one is removed (its
+        micro-batches are computed again)."""
         for file in sorted(self.folder.glob("*.safetensors")):
             try:
                 chunk = load_file(file)
                 indices, errors = chunk["indices"].tolist(), chunk["errors"]
             except (OSError, KeyError, SafetensorError) as err:
                 log.warning("unreadable reference errors %s (%s); computing them again", file, err)
+                file.unlink(missing_ok=True)
                 continue
             self.errors.update(zip(indices, errors.unbind(0)))
 
-    def compute(self, backbone: Backbone, plan: FitPlan) -> None:
-        """The reference errors of every micro-batch of ``plan`` not in the folder yet."""
-        self.read()
-        missing = [index for index in plan.indices if index not in self.errors]
-        if not missing:
-            return
-        log.info("DPO: computing reference errors of %d micro-batches ahead", len(missing))
-        with tqdm(
-            total=len(missing), desc="reference errors", disable=not plan.progress_bar
-        ) as bar:
-            for start in range(0, len(missing), CHUNK):
-                chunk = missing[start : start + CHUNK]
-                rows = [self._errors_of(backbone, plan, index, bar) for index in chunk]
-                self._write(chunk, torch.stack(rows))
-                self.errors.update(zip(chunk, rows))
+    def compute(self, backbone: Backbone, plan: FitPlan, per_pass: int = 1) -> None:
+        """The reference errors of the micro-batches ``plan`` has left, where not stored yet.
 
-    def _errors_of(self, backbone: Backbone, plan: FitPlan, index: int, bar: tqdm) -> torch.Tensor:
-        batch = plan.batches.batch(index).to(backbone.device)
-        t, noise = batch_noise(backbone, batch.latents_w, plan.seed, index)
+        ``per_pass`` micro-batches share one forward pass. The groups are fixed slices of the
+        whole run's list, so a resumed run groups (and rounds) exactly as an uninterrupted one.
+        """
+        self.read()
+        groups = sorted(
+            {
+                position // per_pass
+                for position in range(plan.start, len(plan.indices))
+                if plan.indices[position] not in self.errors
+            }
+        )
+        if not groups:
+            return
+        log.info("DPO: computing reference errors of %d passes ahead", len(groups))
+        pending: list[int] = []
+        rows: list[torch.Tensor] = []
+        with tqdm(
+            total=sum(len(plan.indices[g * per_pass : (g + 1) * per_pass]) for g in groups),
+            desc="reference errors",
+            disable=not plan.progress_bar,
+        ) as bar:
+            for group in groups:
+                members = plan.indices[group * per_pass : (group + 1) * per_pass]
+                rows.extend(self._errors_of(backbone, plan, members).unbind(0))
+                pending.extend(members)
+                bar.update(len(members))
+                if len(pending) >= CHUNK:
+                    self._store(pending, rows)
+                    pending, rows = [], []
+            if pending:
+                self._store(pending, rows)
+
+    def _errors_of(self, backbone: Backbone, plan: FitPlan, indices: list[int]) -> torch.Tensor:
+        """``[len(indices), 2, B]``: the reference errors of these micro-batches, one pass."""
+        batches = [plan.batches.batch(index) for index in indices]
+        draws = [batch_noise(backbone, b.latents_w, plan.seed, i) for b, i in zip(batches, indices)]
+        together = PairBatch.cat(batches).to(backbone.device)
+        t, noise = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
         with plan.autocast():
-            _, _, ref_w, ref_l = pair_errors(backbone, batch, t, noise, with_policy=False)
-        bar.update()
-        return torch.stack([ref_w, ref_l]).float().cpu()
+            _, _, ref_w, ref_l = pair_errors(backbone, together, t, noise, with_policy=False)
+        errors = torch.stack([ref_w, ref_l]).float().cpu()  # [2, n * B]
+        return errors.view(2, len(indices), -1).transpose(0, 1)
+
+    def _store(self, indices: list[int], rows: list[torch.Tensor]) -> None:
+        self._write(indices, torch.stack(rows))
+        self.errors.update(zip(indices, rows))
 
     def _write(self, indices: list[int], errors: torch.Tensor) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -46,6 +46,18 @@ class PairBatch:
     def __len__(self) -> int:
         return self.latents_w.shape[0]
 
+    @staticmethod
+    def cat(batches: list[PairBatch]) -> PairBatch:
+        """One batch holding the pairs of ``batches`` in order (no index: it is none of them)."""
+        return PairBatch(
+            latents_w=torch.cat([b.latents_w for b in batches]),
+            latents_l=torch.cat([b.latents_l for b in batches]),
+            text={k: torch.cat([b.text[k] for b in batches]) for k in batches[0].text},
+            micro_cond=torch.cat([b.micro_cond for b in batches]),
+            prompts=[p for b in batches for p in b.prompts],
+            row_ids=[r for b in batches for r in b.row_ids],
+        )
+
     def to(self, device: torch.device | str) -> PairBatch:
         return PairBatch(
             latents_w=self.latents_w.to(device),
