@@ -187,3 +187,13 @@ def test_steps_past_the_computed_ones_are_a_clear_error(tmp_path):
     trainer.train_step()
     with pytest.raises(RuntimeError, match="no reference errors for micro-batch 1"):
         trainer.train_step()
+
+
+def test_raising_max_steps_on_resume_computes_the_new_steps_only(tmp_path):
+    _trainer(tmp_path, max_steps=2, checkpoint_every=1).fit([])
+    longer = _trainer(tmp_path, max_steps=4)
+    calls = _count_reference_passes(longer)
+    assert longer.resume() == 2
+    longer.fit([])
+    assert calls == {"policy": 2, "reference": 2}
+    assert sorted(longer.algorithm.precomputed.errors) == [0, 1, 2, 3]
