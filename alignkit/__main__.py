@@ -9,6 +9,7 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
+from alignkit.algorithms.reference_errors import ReferenceWriteError
 from alignkit.checkpoint import CheckpointWriteError
 from alignkit.config import register_configs
 from alignkit.models import ModelLoadError
@@ -28,6 +29,7 @@ USER_ERRORS = (
     ConfigMismatchError,
     FloatingPointError,
     CheckpointWriteError,
+    ReferenceWriteError,
 )
 
 

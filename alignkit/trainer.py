@@ -95,6 +95,8 @@ class FitPlan:
     run_dir: Path
     autocast: Callable[[], Any]
     progress_bar: bool
+    #: true once the run is asked to stop (``trainer.preempt_signals``): keep what is done, return
+    stop_requested: Callable[[], bool] = lambda: False
 
 
 class ConfigMismatchError(RuntimeError):
@@ -325,7 +327,7 @@ class Trainer:
         sums["samples"] = samples * accelerator.num_processes
         return dict(sums)
 
-    def fit_plan(self) -> FitPlan:
+    def fit_plan(self, stop_requested: Callable[[], bool] | None = None) -> FitPlan:
         """The micro-batches this process has left to train on, and how to run them."""
         accelerator, accum = self.accelerator, self.cfg.grad_accum
         indices = [
@@ -343,14 +345,15 @@ class Trainer:
             run_dir=self.run_dir,
             autocast=accelerator.autocast,
             progress_bar=self.cfg.progress_bar and accelerator.is_main_process,
+            stop_requested=stop_requested or (lambda: False),
         )
 
-    def prepare_algorithm(self) -> None:
+    def prepare_algorithm(self, stop_requested: Callable[[], bool] | None = None) -> None:
         """Run the algorithm's ``before_fit(plan)``, if it has one, for the steps left: e.g.
         DPO with ``algo.reference=precomputed`` computes its reference errors there."""
         before_fit = getattr(self.algorithm, "before_fit", None)
         if before_fit is not None:
-            before_fit(self.fit_plan())
+            before_fit(self.fit_plan(stop_requested))
 
     def fit(
         self,
@@ -361,7 +364,6 @@ class Trainer:
         step (e.g. the periodic samples of ``alignkit.watch``); the scalars it returns are
         logged with that step's metrics, even on a step ``log_every`` skips."""
         resumed_from = self.step
-        self.prepare_algorithm()
         bar = tqdm(
             total=self.cfg.max_steps,
             initial=self.step,
@@ -370,10 +372,12 @@ class Trainer:
             dynamic_ncols=True,
         )
         signals = SignalWatch(self.preempt_signals)
-        preempted = False
         try:
             with signals:
-                while self.step < self.cfg.max_steps:
+                self.prepare_algorithm(stop_requested=lambda: signals.received is not None)
+                left = self.step < self.cfg.max_steps
+                preempted = left and self._stop_requested(signals)  # during the preparation
+                while not preempted and self.step < self.cfg.max_steps:
                     started = time.perf_counter()
                     metrics = self.train_step()
                     elapsed = time.perf_counter() - started
@@ -404,7 +408,8 @@ class Trainer:
                     signals.previous_handler,
                 )
         except KeyboardInterrupt:
-            self._save_after_interrupt()
+            if self.step > resumed_from:  # else the newest checkpoint (or none) is this state
+                self._save_after_interrupt()
             raise
         finally:
             bar.close()

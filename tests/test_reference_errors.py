@@ -4,6 +4,8 @@ crashes, resumes and unreadable files."""
 
 import errno
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -11,8 +13,10 @@ import torch
 from alignkit.algorithms import reference_errors
 from alignkit.algorithms.dpo import DPOConfig
 from alignkit.algorithms.errors import pair_errors
-from alignkit.algorithms.reference_errors import FOLDER, batch_noise
+from alignkit.algorithms.reference_errors import FOLDER, ReferenceWriteError, batch_noise
+from alignkit.checkpoint import list_checkpoints
 from alignkit.losses import diffusion_dpo_loss
+from alignkit.preemption import Preempted
 from alignkit.sinks import JsonlSink
 from tests.model_helpers import tiny_backbone, tiny_trainer
 
@@ -161,7 +165,7 @@ def test_a_full_disk_is_a_clear_error_that_keeps_the_stored_chunks(tmp_path, mon
 
     monkeypatch.setattr(reference_errors, "save_file", save_until_full)
     trainer = _trainer(tmp_path)
-    with pytest.raises(OSError, match="could not store reference errors .* free space"):
+    with pytest.raises(ReferenceWriteError, match="could not store reference errors .* free space"):
         trainer.prepare_algorithm()
     assert sorted(p.name for p in (tmp_path / FOLDER).iterdir()) == [
         "0000000000-0000000000.safetensors"
@@ -197,3 +201,48 @@ def test_raising_max_steps_on_resume_computes_the_new_steps_only(tmp_path):
     longer.fit([])
     assert calls == {"policy": 2, "reference": 2}
     assert sorted(longer.algorithm.precomputed.errors) == [0, 1, 2, 3]
+
+
+def _interrupt_at(trainer, index: int, interrupt) -> None:
+    real_batch = trainer.batches.batch
+
+    def batch(requested):
+        if requested == index:
+            interrupt()
+        return real_batch(requested)
+
+    trainer.batches.batch = batch
+
+
+def test_sigterm_while_computing_keeps_the_finished_passes_and_resumes_exactly(tmp_path):
+    uninterrupted = _trainer(tmp_path / "a", max_steps=6)
+    uninterrupted.fit([])
+
+    stopped = _trainer(tmp_path / "b", max_steps=6)
+    _interrupt_at(stopped, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
+    with pytest.raises(Preempted, match="SIGTERM after step 0"):
+        stopped.fit([])  # the pass it was in finishes, then the run stops
+    assert sorted(stopped.algorithm.precomputed.errors) == [0, 1, 2]
+    assert list_checkpoints(tmp_path / "b" / "checkpoints") == []  # nothing trained yet
+
+    resumed = _trainer(tmp_path / "b", max_steps=6)
+    calls = _count_reference_passes(resumed)
+    resumed.fit([])
+    assert calls["reference"] == 3
+    expected = uninterrupted.backbone.trainable_state_dict()
+    got = resumed.backbone.trainable_state_dict()
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_ctrl_c_while_computing_stores_the_finished_passes_and_no_checkpoint(tmp_path):
+    trainer = _trainer(tmp_path, max_steps=6)
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    _interrupt_at(trainer, 2, ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit([])
+    assert [p.name for p in (tmp_path / FOLDER).iterdir()] == ["0000000000-0000000001.safetensors"]
+    assert list_checkpoints(tmp_path / "checkpoints") == []

@@ -6,12 +6,14 @@ and its noise, so when each micro-batch's timesteps and noise are drawn from its
 (``batch_noise``) the reference errors of a whole run can be computed ahead, in the same
 forward passes the training steps would make, and each training step runs the policy alone:
 a third less UNet work per step (forward, reference forward, backward become forward,
-backward). The total work is unchanged; it moves to the start of the run (the TRL library's
-``precompute_ref_log_probs`` does the same for language-model DPO).
+backward). The total work moves to the start of the run, and shrinks when several
+micro-batches share a pass (the TRL library's ``precompute_ref_log_probs`` does the same for
+language-model DPO).
 
 Each process computes the micro-batches it will train on and stores them in the run folder,
 ``reference_errors/<first>-<last>.safetensors`` per ``CHUNK`` micro-batches, so a crash loses
-at most one chunk and a resumed run reads what is there instead of computing it again.
+at most one file's worth, a stop signal (``trainer.preempt_signals``) loses nothing, and a
+resumed run reads what is there instead of computing it again.
 """
 
 from __future__ import annotations
@@ -49,15 +51,16 @@ def batch_noise(
     return noise_and_timesteps(backbone, like, derived_generator("dpo-noise", seed, index))
 
 
+class ReferenceWriteError(OSError):
+    """The reference errors could not be stored (a full disk): the files before stay whole."""
+
+
 class ReferenceErrors:
     """``(ref_w, ref_l)`` per micro-batch index, read from and written to ``folder``."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.errors: dict[int, torch.Tensor] = {}  # index -> [2, B]: winners, losers
-
-    def __contains__(self, index: int) -> bool:
-        return index in self.errors
 
     def lookup(self, index: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         if index is None or index not in self.errors:
@@ -106,16 +109,21 @@ class ReferenceErrors:
             desc="reference errors",
             disable=not plan.progress_bar,
         ) as bar:
-            for group in groups:
-                members = plan.indices[group * per_pass : (group + 1) * per_pass]
-                rows.extend(self._errors_of(backbone, plan, members).unbind(0))
-                pending.extend(members)
-                bar.update(len(members))
-                if len(pending) >= CHUNK:
+            try:
+                for group in groups:
+                    members = plan.indices[group * per_pass : (group + 1) * per_pass]
+                    rows.extend(self._errors_of(backbone, plan, members).unbind(0))
+                    pending.extend(members)
+                    bar.update(len(members))
+                    if len(pending) >= CHUNK:
+                        full, full_rows, pending, rows = pending, rows, [], []
+                        self._store(full, full_rows)
+                    if plan.stop_requested():
+                        log.info("DPO: asked to stop; storing the reference errors computed")
+                        break
+            finally:  # a stop, Ctrl-C or a crash keeps every pass that finished
+                if pending:
                     self._store(pending, rows)
-                    pending, rows = [], []
-            if pending:
-                self._store(pending, rows)
 
     def _errors_of(self, backbone: Backbone, plan: FitPlan, indices: list[int]) -> torch.Tensor:
         """``[len(indices), 2, B]``: the reference errors of these micro-batches, one pass."""
@@ -129,17 +137,14 @@ class ReferenceErrors:
         return errors.view(2, len(indices), -1).transpose(0, 1)
 
     def _store(self, indices: list[int], rows: list[torch.Tensor]) -> None:
-        self._write(indices, torch.stack(rows))
-        self.errors.update(zip(indices, rows))
-
-    def _write(self, indices: list[int], errors: torch.Tensor) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         file = self.folder / f"{min(indices):010d}-{max(indices):010d}.safetensors"
-        tensors = {"indices": torch.tensor(indices), "errors": errors.contiguous()}
+        tensors = {"indices": torch.tensor(indices), "errors": torch.stack(rows)}
         try:
             publish(file, lambda temporary: save_file(tensors, temporary))
         except OSError as err:
-            raise OSError(
+            raise ReferenceWriteError(
                 f"could not store reference errors in {self.folder} ({err}); free space there "
-                "or use algo.reference=live (the chunks already stored are kept)"
+                "or use algo.reference=live (the files already stored are kept)"
             ) from err
+        self.errors.update(zip(indices, rows))
