@@ -255,6 +255,18 @@ def register_configs() -> None:
         store.store(group="schema/algo", name=name, node=ALGORITHMS.get(name).config_class)
 
 
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: settings by their command-line names."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
 class ConfigKeyError(ValueError):
     """A key that no schema declares (a typo that Hydra's ``+key=value`` let through)."""
 

@@ -36,7 +36,7 @@ from alignkit.checkpoint import (
     write_rank_state,
 )
 from alignkit.compiling import compiled
-from alignkit.config import TrainerConfig
+from alignkit.config import TrainerConfig, flatten_config
 from alignkit.ema import WeightEMA
 from alignkit.models import Backbone
 from alignkit.optim import build_lr_schedule, build_optimizer
@@ -93,6 +93,8 @@ class FitPlan:
     start: int
     seed: int
     run_dir: Path
+    config: dict[str, Any]
+    num_processes: int
     autocast: Callable[[], Any]
     progress_bar: bool
     #: true once the run is asked to stop (``trainer.preempt_signals``): keep what is done, return
@@ -130,17 +132,6 @@ def clip_gradients(
     return float(torch.nn.utils.clip_grad_norm_(grads, max_norm))
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
 def refuse_changed_settings(checkpoint_root: Path, run_dir: Path, config: dict[str, Any]) -> None:
     """Raise ConfigMismatchError if the newest checkpoint was written with other settings."""
     checkpoints = list_checkpoints(checkpoint_root)
@@ -156,7 +147,7 @@ def refuse_changed_settings(checkpoint_root: Path, run_dir: Path, config: dict[s
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Keys whose values differ, ignoring those a resume may change."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten_config(saved), flatten_config(current)
     changed = []
     for key in sorted(set(old) | set(new)):
         if any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
@@ -343,6 +334,8 @@ class Trainer:
             start=min(self.step, self.cfg.max_steps) * accum,
             seed=self.seed,
             run_dir=self.run_dir,
+            config=self.config,
+            num_processes=accelerator.num_processes,
             autocast=accelerator.autocast,
             progress_bar=self.cfg.progress_bar and accelerator.is_main_process,
             stop_requested=stop_requested or (lambda: False),

@@ -27,6 +27,10 @@ def _trainer(run_dir, **overrides):
     return tiny_trainer(tiny_backbone(), run_dir, algo=PRECOMPUTED, **overrides)
 
 
+def _stored(folder) -> list[str]:
+    return sorted(p.name for p in folder.glob("*.safetensors"))
+
+
 def _count_reference_passes(trainer) -> dict[str, int]:
     """Count the backbone's policy and reference predictions from now on."""
     backbone, calls = trainer.backbone, {"policy": 0, "reference": 0}
@@ -118,8 +122,7 @@ def test_crashed_run_resumes_from_the_stored_errors_to_the_uninterrupted_weights
     crashing.batches.batch = lambda index: real_batch(index) if index != 3 else 1 / 0
     with pytest.raises(ZeroDivisionError):
         crashing.fit([])  # in the pass of indices 2 and 3: the file of 0 and 1 is stored
-    stored = sorted(p.name for p in (tmp_path / "b" / FOLDER).iterdir())
-    assert stored == ["0000000000-0000000001.safetensors"]
+    assert _stored(tmp_path / "b" / FOLDER) == ["0000000000-0000000001.safetensors"]
 
     resumed = trainer(tmp_path / "b")
     calls = _count_reference_passes(resumed)
@@ -137,7 +140,7 @@ def test_crashed_run_resumes_from_the_stored_errors_to_the_uninterrupted_weights
 def test_an_unreadable_chunk_is_computed_again(tmp_path, caplog):
     first = _trainer(tmp_path)
     first.prepare_algorithm()
-    (chunk,) = (tmp_path / FOLDER).iterdir()
+    (chunk,) = (tmp_path / FOLDER).glob("*.safetensors")
     expected = dict(first.algorithm.precomputed.errors)
     chunk.write_bytes(b"not a safetensors file")
     (tmp_path / FOLDER / "9999999998-9999999999.safetensors").write_bytes(b"")
@@ -149,7 +152,7 @@ def test_an_unreadable_chunk_is_computed_again(tmp_path, caplog):
     assert "unreadable reference errors" in caplog.text
     for index, errors in expected.items():
         assert torch.equal(second.algorithm.precomputed.errors[index], errors)
-    assert [p.name for p in (tmp_path / FOLDER).iterdir()] == [chunk.name]  # rewritten whole
+    assert _stored(tmp_path / FOLDER) == [chunk.name]  # rewritten whole
 
 
 def test_a_full_disk_is_a_clear_error_that_keeps_the_stored_chunks(tmp_path, monkeypatch):
@@ -168,7 +171,8 @@ def test_a_full_disk_is_a_clear_error_that_keeps_the_stored_chunks(tmp_path, mon
     with pytest.raises(ReferenceWriteError, match="could not store reference errors .* free space"):
         trainer.prepare_algorithm()
     assert sorted(p.name for p in (tmp_path / FOLDER).iterdir()) == [
-        "0000000000-0000000000.safetensors"
+        "0000000000-0000000000.safetensors",
+        "settings.json",
     ]  # no temporary left behind, the first chunk whole
 
 
@@ -244,5 +248,38 @@ def test_ctrl_c_while_computing_stores_the_finished_passes_and_no_checkpoint(tmp
     _interrupt_at(trainer, 2, ctrl_c)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit([])
-    assert [p.name for p in (tmp_path / FOLDER).iterdir()] == ["0000000000-0000000001.safetensors"]
+    assert _stored(tmp_path / FOLDER) == ["0000000000-0000000001.safetensors"]
     assert list_checkpoints(tmp_path / "checkpoints") == []
+
+
+def test_runs_naming_one_reference_dir_share_its_errors(tmp_path):
+    shared = str(tmp_path / "shared")
+    first = tiny_trainer(
+        tiny_backbone(),
+        tmp_path / "beta_5000",
+        algo=DPOConfig(name="dpo", reference="precomputed", reference_dir=shared),
+    )
+    first.fit([])
+    own_folder = _trainer(tmp_path / "own", max_steps=3)  # what a run computes on its own
+    own_folder.prepare_algorithm()
+
+    second = tiny_trainer(
+        tiny_backbone(),
+        tmp_path / "beta_2500",
+        algo=DPOConfig(name="dpo", beta=2500.0, reference="precomputed", reference_dir=shared),
+    )
+    calls = _count_reference_passes(second)
+    second.prepare_algorithm()
+    assert calls["reference"] == 0
+    for index, errors in own_folder.algorithm.precomputed.errors.items():
+        assert torch.equal(second.algorithm.precomputed.errors[index], errors)
+    assert not (tmp_path / "beta_2500" / FOLDER).exists()
+
+
+def test_a_reference_dir_written_with_other_settings_is_refused(tmp_path):
+    shared = str(tmp_path / "shared")
+    algo = DPOConfig(name="dpo", reference="precomputed", reference_dir=shared)
+    tiny_trainer(tiny_backbone(), tmp_path / "a", algo=algo, seed=0).prepare_algorithm()
+    other_seed = tiny_trainer(tiny_backbone(), tmp_path / "b", algo=algo, seed=1)
+    with pytest.raises(ValueError, match=r"computed with other settings \(seed: 0 -> 1\)"):
+        other_seed.prepare_algorithm()

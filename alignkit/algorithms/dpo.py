@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from alignkit.algorithms.errors import denoising_errors, noise_and_timesteps, pair_errors
-from alignkit.algorithms.reference_errors import FOLDER, ReferenceErrors, batch_noise
+from alignkit.algorithms.reference_errors import (
+    FOLDER,
+    ReferenceErrors,
+    batch_noise,
+    claim_folder,
+    reference_settings,
+)
 from alignkit.algorithms.registry import ALGORITHMS
 from alignkit.config import AlgoConfig
 from alignkit.data.batch import PairBatch
@@ -28,6 +34,7 @@ class DPOConfig(AlgoConfig):
     beta: float = 5000.0
     reference: str = "live"
     reference_micro_batches: int = 1  # with reference=precomputed: micro-batches per pass
+    reference_dir: str | None = None  # with reference=precomputed: None = the run folder's
 
 
 @dataclass
@@ -59,13 +66,16 @@ class DiffusionDPO:
         self.precomputed: ReferenceErrors | None = None
         self.seed = 0
         self.reference = cfg.reference
+        self.reference_dir = cfg.reference_dir
 
     def before_fit(self, plan: FitPlan) -> None:
         """With ``algo.reference=precomputed``: the reference errors of every micro-batch left."""
         if self.reference != "precomputed":
             return
+        folder = Path(self.reference_dir or Path(plan.run_dir) / FOLDER).expanduser()
+        claim_folder(folder, reference_settings(plan, self.backbone, self.per_pass))
         self.seed = plan.seed
-        self.precomputed = ReferenceErrors(Path(plan.run_dir) / FOLDER)
+        self.precomputed = ReferenceErrors(folder)
         self.precomputed.compute(self.backbone, plan, self.per_pass)
 
     def loss(self, batch: PairBatch, generator: torch.Generator):

@@ -10,17 +10,20 @@ backward). The total work moves to the start of the run, and shrinks when severa
 micro-batches share a pass (the TRL library's ``precompute_ref_log_probs`` does the same for
 language-model DPO).
 
-Each process computes the micro-batches it will train on and stores them in the run folder,
-``reference_errors/<first>-<last>.safetensors`` per ``CHUNK`` micro-batches, so a crash loses
+Each process computes the micro-batches it will train on and stores them in the run folder
+(or ``algo.reference_dir``, which runs with the same deciding settings share: a sweep over
+beta or the learning rate computes them once), ``<first>-<last>.safetensors`` per ``CHUNK``
+micro-batches beside ``settings.json``, so a crash loses
 at most one file's worth, a stop signal (``trainer.preempt_signals``) loses nothing, and a
 resumed run reads what is there instead of computing it again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -28,10 +31,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from alignkit.algorithms.errors import noise_and_timesteps, pair_errors
+from alignkit.config import flatten_config
 from alignkit.data.batch import PairBatch
 from alignkit.data.seeding import derived_generator
 from alignkit.durable import publish
-from alignkit.models import Backbone
+from alignkit.models import Backbone, unet_identity
 
 if TYPE_CHECKING:
     from alignkit.trainer import FitPlan
@@ -39,8 +43,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FOLDER = "reference_errors"
+#: the settings the folder's errors were computed with: other runs may share them if equal
+SETTINGS_FILE = "settings.json"
 #: micro-batches per file: what a crash during the computation can lose at most (our choice)
 CHUNK = 256
+#: settings that decide a micro-batch's reference errors besides model.* and data.*
+DECIDING = ("seed", "trainer.batch_size", "trainer.grad_accum", "trainer.mixed_precision")
+#: model.* and data.* settings that do not (the trained adapters, speed and memory switches)
+NOT_DECIDING = (
+    "model.name",
+    "model.lora.",
+    "model.gradient_checkpointing",
+    "model.reference_device",
+    "data.name",
+    "data.cache_dir",
+    "data.num_workers",
+    "data.encode_batch_size",
+    "data.max_corrupt_fraction",
+)
 
 
 def batch_noise(
@@ -49,6 +69,45 @@ def batch_noise(
     """Timesteps and noise of micro-batch ``index``, drawn from ``(seed, index)`` alone, so that
     computing its reference errors ahead and training on it later see the same draw."""
     return noise_and_timesteps(backbone, like, derived_generator("dpo-noise", seed, index))
+
+
+def reference_settings(plan: FitPlan, backbone: Backbone, per_pass: int) -> dict[str, Any]:
+    """What decides the reference errors of micro-batch ``i``: the base UNet's files, the data's
+    files and settings, the batch layout, the seed and the precision (JSON-ready)."""
+    flat = flatten_config(plan.config)
+    settings = {
+        key: value
+        for key, value in flat.items()
+        if (key.startswith(("model.", "data.")) and not key.startswith(NOT_DECIDING))
+        or key in DECIDING
+    }
+    settings["unet_files"] = unet_identity(backbone.cfg)
+    settings["data_files"] = getattr(plan.batches, "source_identity", None)
+    settings["processes"] = plan.num_processes
+    settings["algo.reference_micro_batches"] = per_pass
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def claim_folder(folder: Path, settings: dict[str, Any]) -> None:
+    """Record ``settings`` in a new folder; refuse a folder written with other settings."""
+    file = folder / SETTINGS_FILE
+    if not file.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(settings, indent=1, sort_keys=True)
+        publish(file, lambda temporary: temporary.write_text(text))
+        return
+    stored = json.loads(file.read_text())
+    changed = [
+        f"{key}: {stored.get(key)!r} -> {settings.get(key)!r}"
+        for key in sorted(set(stored) | set(settings))
+        if stored.get(key) != settings.get(key)
+    ]
+    if changed:
+        shown = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
+        raise ValueError(
+            f"the reference errors in {folder} were computed with other settings ({shown}); "
+            "name another algo.reference_dir, or leave it unset for the run folder's own"
+        )
 
 
 class ReferenceWriteError(OSError):

@@ -91,6 +91,7 @@ class PairBatches:
             self.store = open_streaming_pairs(cfg, source, encoder, transform, seed, device)
         self.batch_size = batch_size
         self.seed = seed
+        self.source_identity = source.identity()  # the data files (sizes, modification times)
         self.caption_dropout = cfg.caption_dropout
         self._epoch_order: tuple[int, torch.Tensor] = (-1, torch.empty(0, dtype=torch.long))
         if self.num_pairs < batch_size:

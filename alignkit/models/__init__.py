@@ -14,22 +14,40 @@ from alignkit.models.components import Components
 from alignkit.models.loading import ModelLoadError, load_pretrained_components
 from alignkit.models.tiny import tiny_sd_components, tiny_sdxl_components
 
-__all__ = ["Backbone", "ModelLoadError", "build_backbone", "build_components", "model_identity"]
+__all__ = [
+    "Backbone",
+    "ModelLoadError",
+    "build_backbone",
+    "build_components",
+    "model_identity",
+    "unet_identity",
+]
 
 
-def model_identity(cfg: ModelConfig) -> str:
-    """A string that changes when the frozen encoders could have changed (cache keys)."""
-    parts = [cfg.family, cfg.init, str(cfg.path), str(cfg.revision), str(cfg.variant)]
-    parts.append(str(cfg.vae_path))
+def _identity(cfg: ModelConfig, parts: list[str], subfolders: tuple[str, ...]) -> str:
+    """A hash of ``parts``, the model's source, and the files of ``subfolders`` (sizes, times)."""
+    parts = [cfg.family, cfg.init, str(cfg.path), str(cfg.revision), str(cfg.variant), *parts]
     if cfg.init == "random":
         parts.append(str(cfg.resolution))
     elif cfg.path and os.path.isdir(os.path.expanduser(cfg.path)):
         root = Path(os.path.expanduser(cfg.path))
-        for sub in ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
+        for sub in subfolders:
             for file in sorted((root / sub).glob("*")) if (root / sub).is_dir() else []:
                 stat = file.stat()
                 parts.append(f"{sub}/{file.name}:{stat.st_size}:{int(stat.st_mtime)}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def model_identity(cfg: ModelConfig) -> str:
+    """A string that changes when the frozen encoders could have changed (cache keys)."""
+    encoders = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+    return _identity(cfg, [str(cfg.vae_path)], encoders)
+
+
+def unet_identity(cfg: ModelConfig) -> str:
+    """A string that changes when the base UNet's weights could have changed (e.g. the key of
+    precomputed reference errors)."""
+    return _identity(cfg, [str(cfg.prediction_type)], ("unet", "scheduler"))
 
 
 def build_components(cfg: ModelConfig) -> Components:
