@@ -283,3 +283,6 @@ def test_a_reference_dir_written_with_other_settings_is_refused(tmp_path):
     other_seed = tiny_trainer(tiny_backbone(), tmp_path / "b", algo=algo, seed=1)
     with pytest.raises(ValueError, match=r"computed with other settings \(seed: 0 -> 1\)"):
         other_seed.prepare_algorithm()
+    (tmp_path / "shared" / "settings.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"settings.json is unreadable .* delete"):
+        other_seed.prepare_algorithm()

@@ -13,9 +13,8 @@ language-model DPO).
 Each process computes the micro-batches it will train on and stores them in the run folder
 (or ``algo.reference_dir``, which runs with the same deciding settings share: a sweep over
 beta or the learning rate computes them once), ``<first>-<last>.safetensors`` per ``CHUNK``
-micro-batches beside ``settings.json``, so a crash loses
-at most one file's worth, a stop signal (``trainer.preempt_signals``) loses nothing, and a
-resumed run reads what is there instead of computing it again.
+micro-batches beside ``settings.json``. A crash loses at most one file's worth, a stop signal
+(``trainer.preempt_signals``) nothing, and a resumed run reads what is there.
 """
 
 from __future__ import annotations
@@ -96,7 +95,12 @@ def claim_folder(folder: Path, settings: dict[str, Any]) -> None:
         text = json.dumps(settings, indent=1, sort_keys=True)
         publish(file, lambda temporary: temporary.write_text(text))
         return
-    stored = json.loads(file.read_text())
+    try:
+        stored = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{file} is unreadable ({err}); delete {folder} to compute its errors again"
+        ) from None
     changed = [
         f"{key}: {stored.get(key)!r} -> {settings.get(key)!r}"
         for key in sorted(set(stored) | set(settings))
@@ -106,7 +110,7 @@ def claim_folder(folder: Path, settings: dict[str, Any]) -> None:
         shown = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
         raise ValueError(
             f"the reference errors in {folder} were computed with other settings ({shown}); "
-            "name another algo.reference_dir, or leave it unset for the run folder's own"
+            "name another algo.reference_dir, or delete the folder to compute them again"
         )
 
 
