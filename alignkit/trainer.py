@@ -94,7 +94,6 @@ class FitPlan:
     seed: int
     run_dir: Path
     config: dict[str, Any]
-    num_processes: int
     autocast: Callable[[], Any]
     progress_bar: bool
     #: true once the run is asked to stop (``trainer.preempt_signals``): keep what is done, return
@@ -335,7 +334,6 @@ class Trainer:
             seed=self.seed,
             run_dir=self.run_dir,
             config=self.config,
-            num_processes=accelerator.num_processes,
             autocast=accelerator.autocast,
             progress_bar=self.cfg.progress_bar and accelerator.is_main_process,
             stop_requested=stop_requested or (lambda: False),

@@ -275,6 +275,17 @@ def test_runs_naming_one_reference_dir_share_its_errors(tmp_path):
         assert torch.equal(second.algorithm.precomputed.errors[index], errors)
     assert not (tmp_path / "beta_2500" / FOLDER).exists()
 
+    accumulating = tiny_trainer(  # the same micro-batches 0-2, one step of three
+        tiny_backbone(),
+        tmp_path / "accumulating",
+        algo=DPOConfig(name="dpo", reference="precomputed", reference_dir=shared),
+        max_steps=1,
+        grad_accum=3,
+    )
+    calls = _count_reference_passes(accumulating)
+    accumulating.prepare_algorithm()
+    assert calls["reference"] == 0
+
 
 def test_a_reference_dir_written_with_other_settings_is_refused(tmp_path):
     shared = str(tmp_path / "shared")

@@ -73,7 +73,7 @@ class DiffusionDPO:
         if self.reference != "precomputed":
             return
         folder = Path(self.reference_dir or Path(plan.run_dir) / FOLDER).expanduser()
-        claim_folder(folder, reference_settings(plan, self.backbone, self.per_pass))
+        claim_folder(folder, reference_settings(plan, self.backbone))
         self.seed = plan.seed
         self.precomputed = ReferenceErrors(folder)
         self.precomputed.compute(self.backbone, plan, self.per_pass)

@@ -46,8 +46,10 @@ FOLDER = "reference_errors"
 SETTINGS_FILE = "settings.json"
 #: micro-batches per file: what a crash during the computation can lose at most (our choice)
 CHUNK = 256
-#: settings that decide a micro-batch's reference errors besides model.* and data.*
-DECIDING = ("seed", "trainer.batch_size", "trainer.grad_accum", "trainer.mixed_precision")
+#: settings that decide a micro-batch's reference errors besides model.* and data.*; the
+#: process count, accumulation and passes' stacking only change which micro-batches share a
+#: pass, which moves the errors by float rounding, so runs differing in them may share a folder
+DECIDING = ("seed", "trainer.batch_size", "trainer.mixed_precision")
 #: model.* and data.* settings that do not (the trained adapters, speed and memory switches)
 NOT_DECIDING = (
     "model.name",
@@ -70,9 +72,9 @@ def batch_noise(
     return noise_and_timesteps(backbone, like, derived_generator("dpo-noise", seed, index))
 
 
-def reference_settings(plan: FitPlan, backbone: Backbone, per_pass: int) -> dict[str, Any]:
+def reference_settings(plan: FitPlan, backbone: Backbone) -> dict[str, Any]:
     """What decides the reference errors of micro-batch ``i``: the base UNet's files, the data's
-    files and settings, the batch layout, the seed and the precision (JSON-ready)."""
+    files and settings, the batch size, the seed and the precision (JSON-ready)."""
     flat = flatten_config(plan.config)
     settings = {
         key: value
@@ -82,8 +84,6 @@ def reference_settings(plan: FitPlan, backbone: Backbone, per_pass: int) -> dict
     }
     settings["unet_files"] = unet_identity(backbone.cfg)
     settings["data_files"] = getattr(plan.batches, "source_identity", None)
-    settings["processes"] = plan.num_processes
-    settings["algo.reference_micro_batches"] = per_pass
     return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
 
