@@ -341,7 +341,7 @@ class Trainer:
 
     def prepare_algorithm(self, stop_requested: Callable[[], bool] | None = None) -> None:
         """Run the algorithm's ``before_fit(plan)``, if it has one, for the steps left: e.g.
-        DPO with ``algo.reference=precomputed`` computes its reference errors there."""
+        DPO or RPO with ``algo.reference=precomputed`` computes its reference errors there."""
         before_fit = getattr(self.algorithm, "before_fit", None)
         if before_fit is not None:
             before_fit(self.fit_plan(stop_requested))

@@ -48,12 +48,12 @@ def test_precomputed_loss_is_the_dpo_loss_with_a_live_reference_pass(tmp_path):
     trainer = _trainer(tmp_path, max_steps=2, grad_accum=2)
     trainer.prepare_algorithm()
     backbone, algorithm = trainer.backbone, trainer.algorithm
-    assert sorted(algorithm.precomputed.errors) == [0, 1, 2, 3]
+    assert sorted(algorithm.reference.precomputed.errors) == [0, 1, 2, 3]
     for index in range(4):
         batch = trainer.batches.batch(index)
         t, noise = batch_noise(backbone, batch.latents_w, trainer.seed, index)
         model_w, model_l, ref_w, ref_l = pair_errors(backbone, batch, t, noise)
-        stored_w, stored_l = algorithm.precomputed.lookup(index)
+        stored_w, stored_l = algorithm.reference.precomputed.lookup(index)
         assert torch.equal(stored_w, ref_w) and torch.equal(stored_l, ref_l)
         loss, metrics = algorithm.loss(batch, torch.Generator())
         expected = diffusion_dpo_loss(model_w, model_l, ref_w, ref_l, 5000.0)
@@ -75,8 +75,8 @@ def test_micro_batches_sharing_a_pass_get_the_errors_of_separate_passes(tmp_path
     shared.prepare_algorithm()
     assert calls["reference"] == 2  # micro-batches 0-2, then 3
     for index in range(4):
-        expected = alone.algorithm.precomputed.errors[index]
-        got = shared.algorithm.precomputed.errors[index]
+        expected = alone.algorithm.reference.precomputed.errors[index]
+        got = shared.algorithm.reference.precomputed.errors[index]
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -141,7 +141,7 @@ def test_an_unreadable_chunk_is_computed_again(tmp_path, caplog):
     first = _trainer(tmp_path)
     first.prepare_algorithm()
     (chunk,) = (tmp_path / FOLDER).glob("*.safetensors")
-    expected = dict(first.algorithm.precomputed.errors)
+    expected = dict(first.algorithm.reference.precomputed.errors)
     chunk.write_bytes(b"not a safetensors file")
     (tmp_path / FOLDER / "9999999998-9999999999.safetensors").write_bytes(b"")
 
@@ -151,7 +151,7 @@ def test_an_unreadable_chunk_is_computed_again(tmp_path, caplog):
     assert calls["reference"] == 3
     assert "unreadable reference errors" in caplog.text
     for index, errors in expected.items():
-        assert torch.equal(second.algorithm.precomputed.errors[index], errors)
+        assert torch.equal(second.algorithm.reference.precomputed.errors[index], errors)
     assert _stored(tmp_path / FOLDER) == [chunk.name]  # rewritten whole
 
 
@@ -204,7 +204,7 @@ def test_raising_max_steps_on_resume_computes_the_new_steps_only(tmp_path):
     assert longer.resume() == 2
     longer.fit([])
     assert calls == {"policy": 2, "reference": 2}
-    assert sorted(longer.algorithm.precomputed.errors) == [0, 1, 2, 3]
+    assert sorted(longer.algorithm.reference.precomputed.errors) == [0, 1, 2, 3]
 
 
 def _interrupt_at(trainer, index: int, interrupt) -> None:
@@ -226,7 +226,7 @@ def test_sigterm_while_computing_keeps_the_finished_passes_and_resumes_exactly(t
     _interrupt_at(stopped, 2, lambda: os.kill(os.getpid(), signal.SIGTERM))
     with pytest.raises(Preempted, match="SIGTERM after step 0"):
         stopped.fit([])  # the pass it was in finishes, then the run stops
-    assert sorted(stopped.algorithm.precomputed.errors) == [0, 1, 2]
+    assert sorted(stopped.algorithm.reference.precomputed.errors) == [0, 1, 2]
     assert list_checkpoints(tmp_path / "b" / "checkpoints") == []  # nothing trained yet
 
     resumed = _trainer(tmp_path / "b", max_steps=6)
@@ -271,8 +271,8 @@ def test_runs_naming_one_reference_dir_share_its_errors(tmp_path):
     calls = _count_reference_passes(second)
     second.prepare_algorithm()
     assert calls["reference"] == 0
-    for index, errors in own_folder.algorithm.precomputed.errors.items():
-        assert torch.equal(second.algorithm.precomputed.errors[index], errors)
+    for index, errors in own_folder.algorithm.reference.precomputed.errors.items():
+        assert torch.equal(second.algorithm.reference.precomputed.errors[index], errors)
     assert not (tmp_path / "beta_2500" / FOLDER).exists()
 
     accumulating = tiny_trainer(  # the same micro-batches 0-2, one step of three

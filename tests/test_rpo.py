@@ -4,14 +4,17 @@ import pytest
 import torch
 
 from alignkit.algorithms import build_algorithm
+from alignkit.algorithms.errors import pair_errors
+from alignkit.algorithms.reference_errors import batch_noise
 from alignkit.algorithms.rpo import RPOConfig
 from alignkit.algorithms.rpo_embeddings import combine
 from alignkit.app import run
 from alignkit.config import DataConfig
 from alignkit.data import build_pair_batches
+from alignkit.losses import rpo_loss
 from alignkit.rewards.clip import ClipModel
 from tests.helpers import compose_config
-from tests.model_helpers import SyntheticPairs, tiny_backbone
+from tests.model_helpers import SyntheticPairs, tiny_backbone, tiny_trainer
 
 TINY_CLIP = {
     "embed_dim": 16,
@@ -148,3 +151,25 @@ def test_a_run_embeds_the_cached_dataset_before_training(tmp_path, clip_folder, 
     )
     assert run(cfg).train.step == 1
     assert len(list((tmp_path / "cache").glob("*/clip-*.safetensors"))) == 1
+
+
+def test_precomputed_rpo_is_the_rpo_loss_with_one_unet_pass_per_step(clip_folder, tmp_path):
+    backbone = tiny_backbone("sd")
+    algorithm = _rpo(backbone, clip_folder, embedding="text", reference="precomputed")
+    trainer = tiny_trainer(backbone, tmp_path, algo=algorithm.cfg, max_steps=2)
+    trainer.algorithm = algorithm
+    trainer.prepare_algorithm()
+    batch = trainer.batches.batch(1)
+    t, noise = batch_noise(backbone, batch.latents_w, trainer.seed, 1, one_timestep=True)
+    assert len(set(t.tolist())) == 1  # RPO's one timestep per batch, drawn from the index
+    model_w, model_l, ref_w, ref_l = pair_errors(backbone, batch, t, noise)
+    emb_w, emb_l = algorithm.embeddings(batch)
+    cfg = algorithm.cfg
+    expected = rpo_loss(
+        model_w, model_l, ref_w, ref_l, emb_w, emb_l, cfg.beta, cfg.tau, cfg.weight_placement
+    )
+    predict, calls = backbone.predict, []
+    backbone.predict = lambda *a, **k: calls.append(k.get("reference", False)) or predict(*a, **k)
+    loss, _ = algorithm.loss(batch, torch.Generator())
+    assert torch.equal(loss, expected)
+    assert calls == [False]  # the policy only

@@ -9,10 +9,12 @@ from alignkit.models.schedule import per_sample_mse
 
 
 def noise_and_timesteps(
-    backbone: Backbone, like: torch.Tensor, generator: torch.Generator
+    backbone: Backbone, like: torch.Tensor, generator: torch.Generator, one_timestep: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One timestep and one noise tensor per row of ``like``, drawn from ``generator``."""
-    t = backbone.sample_timesteps(like.shape[0], generator)
+    """A timestep per row of ``like`` (or one for all rows) and a noise tensor per row, drawn
+    from ``generator`` in that order."""
+    rows = like.shape[0]
+    t = backbone.sample_timesteps(1 if one_timestep else rows, generator).expand(rows)
     noise = torch.randn(like.shape, generator=generator, dtype=torch.float32)
     return t, noise
 

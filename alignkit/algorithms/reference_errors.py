@@ -1,8 +1,8 @@
-"""Diffusion-DPO's reference errors computed before training (``algo.reference=precomputed``).
+"""The reference errors of Diffusion-DPO and -RPO, live or computed before training.
 
-The reference half of the DPO objective is the frozen model's denoising error on the same
-noised pair as the policy's. It never depends on the trained weights, only on the micro-batch
-and its noise, so when each micro-batch's timesteps and noise are drawn from its own index
+The reference half of the DPO and RPO objectives is the frozen model's denoising error on the
+same noised pair as the policy's. It never depends on the trained weights, only on the
+micro-batch and its noise, so when each micro-batch's timesteps and noise are drawn from its index
 (``batch_noise``) the reference errors of a whole run can be computed ahead, in the same
 forward passes the training steps would make, and each training step runs the policy alone:
 a third less UNet work per step (forward, reference forward, backward become forward,
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from alignkit.algorithms.errors import noise_and_timesteps, pair_errors
-from alignkit.config import flatten_config
+from alignkit.config import AlgoConfig, flatten_config
 from alignkit.data.batch import PairBatch
 from alignkit.data.seeding import derived_generator
 from alignkit.durable import publish
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: algo.reference: how the reference model's errors are obtained
+REFERENCE_CHOICES = ("live", "precomputed")
 FOLDER = "reference_errors"
 #: the settings the folder's errors were computed with: other runs may share them if equal
 SETTINGS_FILE = "settings.json"
@@ -65,16 +68,18 @@ NOT_DECIDING = (
 
 
 def batch_noise(
-    backbone: Backbone, like: torch.Tensor, seed: int, index: int
+    backbone: Backbone, like: torch.Tensor, seed: int, index: int, one_timestep: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Timesteps and noise of micro-batch ``index``, drawn from ``(seed, index)`` alone, so that
     computing its reference errors ahead and training on it later see the same draw."""
-    return noise_and_timesteps(backbone, like, derived_generator("dpo-noise", seed, index))
+    generator = derived_generator("reference-noise", seed, index)
+    return noise_and_timesteps(backbone, like, generator, one_timestep)
 
 
-def reference_settings(plan: FitPlan, backbone: Backbone) -> dict[str, Any]:
+def reference_settings(plan: FitPlan, backbone: Backbone, one_timestep: bool) -> dict[str, Any]:
     """What decides the reference errors of micro-batch ``i``: the base UNet's files, the data's
-    files and settings, the batch size, the seed and the precision (JSON-ready)."""
+    files and settings, the batch size, the seed, the precision and how timesteps are drawn
+    (one per pair for DPO, one per batch for RPO), JSON-ready."""
     flat = flatten_config(plan.config)
     settings = {
         key: value
@@ -84,6 +89,7 @@ def reference_settings(plan: FitPlan, backbone: Backbone) -> dict[str, Any]:
     }
     settings["unet_files"] = unet_identity(backbone.cfg)
     settings["data_files"] = getattr(plan.batches, "source_identity", None)
+    settings["timesteps"] = "one per batch" if one_timestep else "one per pair"
     return json.loads(json.dumps(settings, sort_keys=True, default=str))
 
 
@@ -114,6 +120,67 @@ def claim_folder(folder: Path, settings: dict[str, Any]) -> None:
         )
 
 
+@dataclass
+class ReferenceConfig(AlgoConfig):
+    """The reference settings of the algorithms that compare against the base model."""
+
+    reference: str = "live"
+    reference_micro_batches: int = 1  # with reference=precomputed: micro-batches per pass
+    reference_dir: str | None = None  # with reference=precomputed: None = the run folder's
+
+
+class ReferenceSide:
+    """Where an offline algorithm's policy and reference errors of a pair batch come from:
+    ``live``, a reference pass in every step with ``t`` and ``eps`` from the trainer's stream,
+    or ``precomputed``, the reference errors computed ahead with ``t`` and ``eps`` drawn from
+    the micro-batch's index."""
+
+    def __init__(self, cfg: ReferenceConfig, backbone: Backbone, one_timestep: bool) -> None:
+        if cfg.reference not in REFERENCE_CHOICES:
+            raise ValueError(
+                f"algo.reference={cfg.reference!r} is unknown; choose live (the reference pass "
+                "in every step) or precomputed (all reference errors computed before training)"
+            )
+        if cfg.reference_micro_batches < 1:
+            raise ValueError(
+                f"algo.reference_micro_batches={cfg.reference_micro_batches} must be at least 1 "
+                "(micro-batches per forward pass when the reference errors are computed ahead)"
+            )
+        self.cfg = cfg
+        self.backbone = backbone
+        self.one_timestep = one_timestep
+        self.precomputed: ReferenceErrors | None = None
+        self.seed = 0
+
+    def before_fit(self, plan: FitPlan) -> None:
+        """With ``algo.reference=precomputed``: the reference errors of every micro-batch left."""
+        if self.cfg.reference != "precomputed":
+            return
+        folder = Path(self.cfg.reference_dir or Path(plan.run_dir) / FOLDER).expanduser()
+        claim_folder(folder, reference_settings(plan, self.backbone, self.one_timestep))
+        self.seed = plan.seed
+        self.precomputed = ReferenceErrors(folder, self.one_timestep)
+        self.precomputed.compute(self.backbone, plan, self.cfg.reference_micro_batches)
+
+    def pair_errors(
+        self, batch: PairBatch, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(model_w, model_l, ref_w, ref_l)`` of ``batch``."""
+        backbone, like = self.backbone, batch.latents_w
+        if self.cfg.reference == "live":
+            t, noise = noise_and_timesteps(backbone, like, generator, self.one_timestep)
+            return pair_errors(backbone, batch, t, noise)
+        if self.precomputed is None:
+            raise RuntimeError(
+                "algo.reference=precomputed: the reference errors are not computed yet; "
+                "Trainer.fit does that first (or call Trainer.prepare_algorithm())"
+            )
+        ref_w, ref_l = self.precomputed.lookup(batch.index)
+        t, noise = batch_noise(backbone, like, self.seed, batch.index, self.one_timestep)
+        model_w, model_l, _, _ = pair_errors(backbone, batch, t, noise, with_reference=False)
+        return model_w, model_l, ref_w.to(model_w.device), ref_l.to(model_w.device)
+
+
 class ReferenceWriteError(OSError):
     """The reference errors could not be stored (a full disk): the files before stay whole."""
 
@@ -121,8 +188,9 @@ class ReferenceWriteError(OSError):
 class ReferenceErrors:
     """``(ref_w, ref_l)`` per micro-batch index, read from and written to ``folder``."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, one_timestep: bool = False) -> None:
         self.folder = Path(folder)
+        self.one_timestep = one_timestep
         self.errors: dict[int, torch.Tensor] = {}  # index -> [2, B]: winners, losers
 
     def lookup(self, index: int | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,7 +259,10 @@ class ReferenceErrors:
     def _errors_of(self, backbone: Backbone, plan: FitPlan, indices: list[int]) -> torch.Tensor:
         """``[len(indices), 2, B]``: the reference errors of these micro-batches, one pass."""
         batches = [plan.batches.batch(index) for index in indices]
-        draws = [batch_noise(backbone, b.latents_w, plan.seed, i) for b, i in zip(batches, indices)]
+        draws = [
+            batch_noise(backbone, b.latents_w, plan.seed, i, self.one_timestep)
+            for b, i in zip(batches, indices)
+        ]
         together = PairBatch.cat(batches).to(backbone.device)
         t, noise = torch.cat([d[0] for d in draws]), torch.cat([d[1] for d in draws])
         with plan.autocast():

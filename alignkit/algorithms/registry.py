@@ -19,7 +19,7 @@ class Algorithm(Protocol):
     An algorithm may also define ``prepare(batches)``, called once before training with the
     batch source (e.g. RPO embeds the cached dataset with CLIP there), and
     ``before_fit(plan)``, called by ``Trainer.fit`` with the micro-batches this process will
-    train on (``alignkit.trainer.FitPlan``; DPO precomputes its reference errors there).
+    train on (``alignkit.trainer.FitPlan``; DPO and RPO precompute reference errors there).
     """
 
     data_kind: ClassVar[str]

@@ -9,14 +9,14 @@ same authors' LLM-RPO code; the two open choices are flags (``embedding``, ``wei
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from alignkit import hub
-from alignkit.algorithms.errors import pair_errors
+from alignkit.algorithms.reference_errors import ReferenceConfig, ReferenceSide
 from alignkit.algorithms.registry import ALGORITHMS
 from alignkit.algorithms.rpo_embeddings import EMBEDDINGS, PairEmbeddings, clip_identity
-from alignkit.config import AlgoConfig
 from alignkit.data.batch import PairBatch
 from alignkit.data.sharded import ShardedPairs
 from alignkit.losses import dpo_logits, implicit_accuracy, rpo_loss, rpo_weights
@@ -24,11 +24,14 @@ from alignkit.models import Backbone
 from alignkit.parts import Part
 from alignkit.rewards.clip import ClipModel
 
+if TYPE_CHECKING:
+    from alignkit.trainer import FitPlan
+
 PLACEMENTS = ("outside", "inside")
 
 
 @dataclass
-class RPOConfig(AlgoConfig):
+class RPOConfig(ReferenceConfig):
     beta: float = 5000.0
     tau: float = 0.5
     embedding: str = "both"  # text | image | both
@@ -108,6 +111,7 @@ class DiffusionRPO:
         self.embeddings = PairEmbeddings(
             clip.to(backbone.device), identity, backbone, cfg.embedding, cfg.clip_batch_size
         )
+        self.reference = ReferenceSide(cfg, backbone, one_timestep=True)
 
     def prepare(self, batches) -> None:
         """Embed the whole cached dataset once (or load it); streaming data embeds per batch."""
@@ -115,11 +119,11 @@ class DiffusionRPO:
         if isinstance(store, ShardedPairs):
             self.embeddings.prepare(store)
 
+    def before_fit(self, plan: FitPlan) -> None:
+        self.reference.before_fit(plan)
+
     def loss(self, batch: PairBatch, generator: torch.Generator):
-        size = len(batch)
-        t = self.backbone.sample_timesteps(1, generator).expand(size)
-        noise = torch.randn(batch.latents_w.shape, generator=generator, dtype=torch.float32)
-        model_w, model_l, ref_w, ref_l = pair_errors(self.backbone, batch, t, noise)
+        model_w, model_l, ref_w, ref_l = self.reference.pair_errors(batch, generator)
         emb_w, emb_l = (e.to(model_w.device) for e in self.embeddings(batch))
         cfg = self.cfg
         loss = rpo_loss(
