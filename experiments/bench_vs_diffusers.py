@@ -449,6 +449,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _alignkit_side(
+    args: argparse.Namespace, scratch: Path, steps: int
+) -> tuple[Callable[[], None], float]:
+    """alignkit's DPO step as the command line asks for it, on the scratch folder's model."""
+    return alignkit_dpo_step(
+        scratch / "model",
+        scratch / "pairs",
+        scratch,
+        args.batch,
+        args.compile,
+        args.reference,
+        steps,
+        args.reference_micro_batches,
+    )
+
+
 def measure_memory(side: str, args: argparse.Namespace) -> float:
     """Peak RSS above the after-import RSS of ``steps`` DPO steps of one side, alone."""
     _load_script(args.diffusers / DPO_SCRIPT, "train_diffusion_dpo")  # same imports both sides
@@ -458,16 +474,8 @@ def measure_memory(side: str, args: argparse.Namespace) -> float:
     baseline = _peak_rss_mb()
     scratch = Path(args.scratch)
     if side == "alignkit":
-        step, _ = alignkit_dpo_step(
-            scratch / "model",
-            scratch / "pairs",
-            scratch,
-            args.batch,
-            args.compile,
-            args.reference,
-            max(args.memory_steps, args.reference_micro_batches),  # one whole pass ahead
-            args.reference_micro_batches,
-        )
+        whole_pass = max(args.memory_steps, args.reference_micro_batches)  # at least one ahead
+        step, _ = _alignkit_side(args, scratch, whole_pass)
     else:
         step = diffusers_dpo_step(args.diffusers, scratch / "model", scratch / "pairs", args.batch)
     for _ in range(args.memory_steps):
@@ -535,16 +543,7 @@ def main(argv: list[str] | None = None) -> dict:
         write_pairs(scratch / "pairs", rows=8 * args.batch)
         if args.what in ("all", "dpo"):
             steps = (COMPILE_WARMUP_STEPS if args.compile else 0) + args.repeats + 2
-            ours, ahead_s = alignkit_dpo_step(
-                scratch / "model",
-                scratch / "pairs",
-                scratch,
-                args.batch,
-                args.compile,
-                args.reference,
-                steps,
-                args.reference_micro_batches,
-            )
+            ours, ahead_s = _alignkit_side(args, scratch, steps)
             results["reference"] = args.reference
             results["reference_micro_batches"] = args.reference_micro_batches
             results["reference_ahead_s_per_step"] = ahead_s / steps
