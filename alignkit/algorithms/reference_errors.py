@@ -232,7 +232,7 @@ class ReferenceErrors:
         )
         if not groups:
             return
-        log.info("DPO: computing reference errors of %d passes ahead", len(groups))
+        log.info("computing the reference errors of %d passes ahead", len(groups))
         pending: list[int] = []
         rows: list[torch.Tensor] = []
         with tqdm(
@@ -250,7 +250,7 @@ class ReferenceErrors:
                         full, full_rows, pending, rows = pending, rows, [], []
                         self._store(full, full_rows)
                     if plan.stop_requested():
-                        log.info("DPO: asked to stop; storing the reference errors computed")
+                        log.info("asked to stop; storing the reference errors computed so far")
                         break
             finally:  # a stop, Ctrl-C or a crash keeps every pass that finished
                 if pending:
