@@ -7,9 +7,12 @@ compilation (minutes on a small CPU), later ones run the compiled graphs.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 
 import torch
+
+_COMPILED: weakref.WeakSet = weakref.WeakSet()
 
 
 def compiled(module: torch.nn.Module, backend: str) -> Callable[..., object]:
@@ -20,4 +23,12 @@ def compiled(module: torch.nn.Module, backend: str) -> Callable[..., object]:
             f"unknown trainer.compile_backend={backend!r}; choose one of {', '.join(known)} "
             "(inductor is torch.compile's default)"
         )
-    return torch.compile(module, backend=backend)
+    forward = torch.compile(module, backend=backend)
+    _COMPILED.add(forward)
+    return forward
+
+
+def is_compiled(forward: Callable[..., object]) -> bool:
+    """Whether ``forward`` came from ``compiled``: code that changes the module's layers for
+    a while (the sampling speedups) keeps off it, since torch.compile would recompile."""
+    return forward in _COMPILED

@@ -172,6 +172,12 @@ class PoolSampler:
         self, prompts: list[str], generator: torch.Generator, latents: torch.Tensor | None = None
     ) -> PoolRound:
         """One round; the initial latents come from ``generator`` unless given."""
+        with self.backbone.sampling():
+            return self._round(prompts, generator, latents)
+
+    def _round(
+        self, prompts: list[str], generator: torch.Generator, latents: torch.Tensor | None
+    ) -> PoolRound:
         cfg, schedule, backbone = self.cfg, self.schedule, self.backbone
         batch, k, steps = len(prompts), cfg.k, cfg.steps
         device = backbone.device

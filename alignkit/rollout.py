@@ -224,6 +224,22 @@ def rollout(
     """
     if len(noise) != len(prompts):
         raise ValueError(f"{len(noise)} noise latents but {len(prompts)} prompts")
+    with backbone.sampling():
+        return _run_plan(
+            backbone, prompts, noise, plan, guidance, generator, use_checkpoint, on_call
+        )
+
+
+def _run_plan(
+    backbone: Backbone,
+    prompts: list[str],
+    noise: torch.Tensor,
+    plan: RolloutPlan,
+    guidance: float,
+    generator: torch.Generator | None,
+    use_checkpoint: bool,
+    on_call: Callable[[int, torch.Tensor], None] | None,
+) -> Rollout:
     schedule = DDIMSchedule.for_backbone(backbone, plan.steps)
     model = GuidedModel.for_prompts(backbone, prompts, guidance)
     grad_steps = set(plan.grad_steps)

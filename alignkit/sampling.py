@@ -92,13 +92,16 @@ def sample_latents(
     batch = len(prompts)
     text = backbone.encode_guided(prompts)
     micro = default_micro_cond(2 * batch, backbone.resolution, backbone.device)
-    for t, alpha_t, alpha_prev in zip(schedule.timesteps, schedule.alpha_t, schedule.alpha_prev):
-        timesteps = t.repeat(2 * batch)
-        out = backbone.predict(torch.cat([x, x]), timesteps, text, micro, reference=reference)
-        uncond, cond = out.chunk(2)
-        guided = uncond + guidance * (cond - uncond)
-        x0, eps = split_prediction(backbone.prediction_type, guided, x, alpha_t)
-        x = ddim_mean(x0, eps, alpha_prev, torch.zeros(()))
+    with backbone.sampling():
+        for t, alpha_t, alpha_prev in zip(
+            schedule.timesteps, schedule.alpha_t, schedule.alpha_prev
+        ):
+            timesteps = t.repeat(2 * batch)
+            out = backbone.predict(torch.cat([x, x]), timesteps, text, micro, reference=reference)
+            uncond, cond = out.chunk(2)
+            guided = uncond + guidance * (cond - uncond)
+            x0, eps = split_prediction(backbone.prediction_type, guided, x, alpha_t)
+            x = ddim_mean(x0, eps, alpha_prev, torch.zeros(()))
     return x
 
 
@@ -245,16 +248,19 @@ def sample_with_log_probs(
     x = initial_noise(seeds, latent_shape(backbone)).to(backbone.device)
     text, micro = guided_conditioning(backbone, prompts)
     latents, log_probs = [x], []
-    for t, alpha_t, alpha_prev in zip(schedule.timesteps, schedule.alpha_t, schedule.alpha_prev):
-        out = backbone.predict(
-            torch.cat([x, x]), t.repeat(2 * len(prompts)), text, micro, reference
-        )
-        x0, eps = split_prediction(
-            backbone.prediction_type, guided_prediction(out, guidance), x, alpha_t
-        )
-        step = ddim_step(x, x0, eps, alpha_t, alpha_prev, eta, generator)
-        x = step.x_prev
-        latents.append(x)
-        log_probs.append(step.log_prob)
+    with backbone.sampling():
+        for t, alpha_t, alpha_prev in zip(
+            schedule.timesteps, schedule.alpha_t, schedule.alpha_prev
+        ):
+            out = backbone.predict(
+                torch.cat([x, x]), t.repeat(2 * len(prompts)), text, micro, reference
+            )
+            x0, eps = split_prediction(
+                backbone.prediction_type, guided_prediction(out, guidance), x, alpha_t
+            )
+            step = ddim_step(x, x0, eps, alpha_t, alpha_prev, eta, generator)
+            x = step.x_prev
+            latents.append(x)
+            log_probs.append(step.log_prob)
     stacked = None if eta == 0 else torch.stack(log_probs, dim=1)
     return Trajectory(torch.stack(latents, dim=1), stacked, schedule.timesteps)

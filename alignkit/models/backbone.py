@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -19,12 +19,15 @@ import torch.utils.checkpoint
 from diffusers.training_utils import cast_training_params
 from safetensors.torch import save_file
 
+from alignkit.compiling import is_compiled
 from alignkit.config import ModelConfig
 from alignkit.models import lora as lora_lib
 from alignkit.models.components import Components
 from alignkit.models.encoder import block_checkpointing_off, unet_encoder_features
+from alignkit.models.prepacked_weights import prepacked_weights
 from alignkit.models.schedule import add_noise, regression_target
 from alignkit.models.text import encode_prompts, unet_conditioning
+from alignkit.models.text_key_values import reused_text_key_values
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,21 @@ class Backbone:
         if cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
         self.unet.train()
+
+    @contextmanager
+    def sampling(self) -> Iterator[None]:
+        """Wrap a sampling loop: the text's cross-attention keys and values are computed
+        once, and on the CPU the UNets' and VAE's convolution and linear weights are
+        reordered for oneDNN once, not at every call (docs/performance.md, "Sampling").
+        Results are the plain calls' up to float rounding; calls with gradients, and a
+        compiled policy (``trainer.compile``), run as usual."""
+        if is_compiled(self.unet_forward):  # swapped layer forwards would recompile it
+            yield
+            return
+        unets = [self.unet] if self.reference_unet is None else [self.unet, self.reference_unet]
+        # the reuse wraps the packed projections, so a repeated text input skips both
+        with prepacked_weights([*unets, self.vae]), reused_text_key_values(unets):
+            yield
 
     # -- frozen encoders -------------------------------------------------------------------
     @torch.no_grad()
