@@ -46,6 +46,10 @@ class ModelConfig:
     # the weight dtype, i.e. trainer.mixed_precision's (bf16 halves the copy's memory)
     reference_dtype: str | None = None
     gradient_checkpointing: bool = False
+    # our choice: sampling loops compute the text's cross-attention keys and values once and,
+    # on the CPU, reuse oneDNN-packed weights (docs/performance.md, "Sampling"); false runs
+    # every call as plain PyTorch (results differ by float rounding only)
+    sampling_speedups: bool = True
 
 
 @dataclass

@@ -63,6 +63,7 @@ RESUMABLE_CHANGES = (
     "trainer.preempt_exit_code",
     "trainer.compile",
     "trainer.compile_backend",
+    "model.sampling_speedups",
     "logger",
     "output_dir",
     "sweep_name",

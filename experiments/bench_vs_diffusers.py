@@ -21,7 +21,8 @@ preference pairs, then times, alternating in one process so machine load hits bo
 * ``sampling``: 4 prompts, 20 DDIM steps, CFG 5, eta 1, 64 px, decoded to pixels. alignkit:
   ``sample_with_log_probs`` + one decode (what ``alignkit.bench_spo`` calls plain sampling).
   diffusers: ``StableDiffusionPipeline`` from the folder with a DDIMScheduler, ``output_type="pt"``.
-  Both UNets carry the same LoRA r4 adapter (a LoRA policy being sampled).
+  Both UNets carry the same LoRA r4 adapter (a LoRA policy being sampled). ``speedups`` times
+  the same alignkit call against itself with ``model.sampling_speedups=false`` (the "other").
 * ``spo`` (with ``--spo PATH`` to a checkout of github.com/RockeyCoss/SPO): one SPO round, k=4
   candidates from step 4, with a trivial scorer (mean pixel) and threshold 0 on both sides.
   alignkit: ``PoolSampler.sample``. The authors: ``multi_sample_pipeline`` on the pipeline above;
@@ -374,7 +375,17 @@ def sampling_pairs(model: Path, spo: Path | None) -> dict[str, tuple[Callable, C
             guidance_scale=5.0, eta=1.0, generator=generator, output_type="pt",
         )  # fmt: skip
 
-    timed = {"sampling": (alignkit_plain, diffusers_plain)}
+    def alignkit_plain_without_speedups() -> None:
+        backbone.cfg.sampling_speedups = False
+        try:
+            alignkit_plain()
+        finally:
+            backbone.cfg.sampling_speedups = True
+
+    timed = {
+        "sampling": (alignkit_plain, diffusers_plain),
+        "speedups": (alignkit_plain, alignkit_plain_without_speedups),
+    }
     if spo is None:
         return timed
     sys.path.insert(0, str(spo / SPO_PACKAGE))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import pytest
 import torch
 from peft.tuners.lora import Linear as LoRALinear
@@ -263,21 +261,8 @@ def test_gradients_take_the_plain_projection():
 # -- whole sampling loops ----------------------------------------------------------------------
 
 
-@pytest.fixture
-def plain_sampling(monkeypatch):
-    """Turn the speedups off, to compare against."""
-
-    def switch(off: bool) -> None:
-        if off:
-            monkeypatch.setattr(Backbone, "sampling", lambda self: nullcontext())
-        else:
-            monkeypatch.undo()
-
-    return switch
-
-
 @pytest.mark.parametrize("family", ["sd", "sdxl"])
-def test_sampled_trajectory_and_log_probs_are_unchanged(family, plain_sampling):
+def test_sampled_trajectory_and_log_probs_are_unchanged(family):
     backbone = tiny_backbone(family)
     _randomize_lora(backbone)
 
@@ -285,9 +270,9 @@ def test_sampled_trajectory_and_log_probs_are_unchanged(family, plain_sampling):
         generator = torch.Generator().manual_seed(0)
         return sample_with_log_probs(backbone, PROMPTS[:2], [0, 1], generator, steps=6)
 
-    plain_sampling(True)
+    backbone.cfg.sampling_speedups = False  # model.sampling_speedups=false
     expected = run()
-    plain_sampling(False)
+    backbone.cfg.sampling_speedups = True
     got = run()
     torch.testing.assert_close(got.latents, expected.latents, atol=1e-4, rtol=1e-4)
     # the last step lands on alpha = 1 (sigma 0), whose log-density is NaN on both sides
@@ -296,7 +281,7 @@ def test_sampled_trajectory_and_log_probs_are_unchanged(family, plain_sampling):
     )
 
 
-def test_spo_pool_round_is_unchanged(plain_sampling):
+def test_spo_pool_round_is_unchanged():
     backbone = tiny_backbone()
     _randomize_lora(backbone)
     sampler = PoolSampler(
@@ -304,9 +289,9 @@ def test_spo_pool_round_is_unchanged(plain_sampling):
         lambda images, prompts, timesteps: images.mean(dim=(1, 2, 3)),
         PoolConfig(k=3, threshold=0.0, steps=6, divert_start_step=2),
     )
-    plain_sampling(True)
+    backbone.cfg.sampling_speedups = False  # model.sampling_speedups=false
     expected = sampler.sample(PROMPTS[:2], torch.Generator().manual_seed(0))
-    plain_sampling(False)
+    backbone.cfg.sampling_speedups = True
     got = sampler.sample(PROMPTS[:2], torch.Generator().manual_seed(0))
     torch.testing.assert_close(got.scores, expected.scores, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got.final_latents, expected.final_latents, atol=1e-4, rtol=1e-4)
@@ -314,7 +299,7 @@ def test_spo_pool_round_is_unchanged(plain_sampling):
         torch.testing.assert_close(got.transitions.tensors()[name], tensor, atol=1e-4, rtol=1e-4)
 
 
-def test_rollout_gradients_are_unchanged(plain_sampling):
+def test_rollout_gradients_are_unchanged():
     backbone = tiny_backbone()
     _randomize_lora(backbone)
     noise = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(3))
@@ -326,22 +311,26 @@ def test_rollout_gradients_are_unchanged(plain_sampling):
         result.latents.square().mean().backward()
         return [p.grad.clone() for p in backbone.trainable_parameters()]
 
-    plain_sampling(True)
+    backbone.cfg.sampling_speedups = False  # model.sampling_speedups=false
     expected = gradients()
-    plain_sampling(False)
+    backbone.cfg.sampling_speedups = True
     got = gradients()
     for grad, want in zip(got, expected):
         torch.testing.assert_close(grad, want, atol=1e-5, rtol=1e-4)
     assert any(grad.abs().sum() > 0 for grad in got)
 
 
-def test_a_compiled_policy_keeps_its_layers_during_sampling():
+@needs_onednn
+def test_switched_off_or_compiled_the_layers_are_left_alone():
     """Swapped layer forwards would make torch.compile recompile at every SPO round."""
     backbone = tiny_backbone()
+    conv, projection = backbone.unet.conv_in, cross_attention_projections(backbone.unet)[0]
+    with backbone.sampling():
+        assert "forward" in conv.__dict__ and "forward" in projection.__dict__
+    backbone.cfg.sampling_speedups = False
+    with backbone.sampling():
+        assert "forward" not in conv.__dict__ and "forward" not in projection.__dict__
+    backbone.cfg.sampling_speedups = True
     backbone.unet_forward = compiled(backbone.unet, "aot_eager")
-    conv = backbone.unet.conv_in
     with backbone.sampling():
-        assert "forward" not in conv.__dict__
-    backbone.unet_forward = backbone.unet
-    with backbone.sampling():
-        assert "forward" in conv.__dict__ or not prepacking_available()
+        assert "forward" not in conv.__dict__ and "forward" not in projection.__dict__

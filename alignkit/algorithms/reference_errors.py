@@ -58,6 +58,7 @@ NOT_DECIDING = (
     "model.name",
     "model.lora.",
     "model.gradient_checkpointing",
+    "model.sampling_speedups",
     "model.reference_device",
     "data.name",
     "data.cache_dir",

@@ -124,10 +124,11 @@ class Backbone:
         """Wrap a sampling loop: the text's cross-attention keys and values are computed
         once, and on the CPU the UNets' and VAE's convolution and linear weights are
         reordered for oneDNN once, not at every call (docs/performance.md, "Sampling").
-        Results are the plain calls' up to float rounding; calls with gradients, and a
-        compiled policy (``trainer.compile``), run as usual."""
-        if is_compiled(self.unet_forward):  # swapped layer forwards would recompile it
-            yield
+        Results are the plain calls' up to float rounding; calls with gradients, a
+        compiled policy (``trainer.compile``) and ``model.sampling_speedups=false`` run as
+        usual."""
+        if not self.cfg.sampling_speedups or is_compiled(self.unet_forward):
+            yield  # (a compiled policy would recompile for the swapped layer forwards)
             return
         unets = [self.unet] if self.reference_unet is None else [self.unet, self.reference_unet]
         # the reuse wraps the packed projections, so a repeated text input skips both
