@@ -271,6 +271,19 @@ def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def setting_differences(
+    old: dict[str, Any], new: dict[str, Any], ignore: tuple[str, ...] = ()
+) -> list[str]:
+    """``"key: old -> new"`` for each flat setting that differs, skipping the keys (and their
+    subkeys) named in ``ignore``."""
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+        and not any(key == k or key.startswith(k + ".") for k in ignore)
+    ]
+
+
 class ConfigKeyError(ValueError):
     """A key that no schema declares (a typo that Hydra's ``+key=value`` let through)."""
 

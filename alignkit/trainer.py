@@ -36,7 +36,7 @@ from alignkit.checkpoint import (
     write_rank_state,
 )
 from alignkit.compiling import compiled
-from alignkit.config import TrainerConfig, flatten_config
+from alignkit.config import TrainerConfig, flatten_config, setting_differences
 from alignkit.ema import WeightEMA
 from alignkit.models import Backbone
 from alignkit.optim import build_lr_schedule, build_optimizer
@@ -147,14 +147,9 @@ def refuse_changed_settings(checkpoint_root: Path, run_dir: Path, config: dict[s
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Keys whose values differ, ignoring those a resume may change."""
-    old, new = flatten_config(saved), flatten_config(current)
-    changed = []
-    for key in sorted(set(old) | set(new)):
-        if any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
-            continue
-        if old.get(key) != new.get(key):
-            changed.append(f"{key}: {old.get(key)!r} -> {new.get(key)!r}")
-    return changed
+    return setting_differences(
+        flatten_config(saved), flatten_config(current), ignore=RESUMABLE_CHANGES
+    )
 
 
 class Trainer:

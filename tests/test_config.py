@@ -7,7 +7,13 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from alignkit.algorithms import ALGORITHMS
-from alignkit.config import ConfigKeyError, config_group_options, register_configs, validate_config
+from alignkit.config import (
+    ConfigKeyError,
+    config_group_options,
+    register_configs,
+    setting_differences,
+    validate_config,
+)
 from tests.helpers import compose_config
 
 register_configs()
@@ -95,3 +101,15 @@ def test_the_tiny_dpo_preset_is_the_default_job():
     preset = compose_config("experiment=tiny_dpo")
     default = compose_config("trainer.progress_bar=false")
     assert OmegaConf.to_container(preset) == OmegaConf.to_container(default)
+
+
+def test_setting_differences_name_each_change_and_skip_the_ignored_keys():
+    old = {"seed": 0, "eval.every": 10, "eval.prompts": "a", "evaluate": 1, "gone": 2}
+    new = {"seed": 1, "eval.every": 20, "eval.prompts": "b", "evaluate": 3, "added": 4}
+    assert setting_differences(old, new, ignore=("eval",)) == [
+        "added: None -> 4",
+        "evaluate: 1 -> 3",  # shares a prefix with "eval" but is not under it
+        "gone: 2 -> None",
+        "seed: 0 -> 1",
+    ]
+    assert setting_differences(old, dict(old)) == []

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from alignkit.algorithms.errors import noise_and_timesteps, pair_errors
-from alignkit.config import AlgoConfig, flatten_config
+from alignkit.config import AlgoConfig, flatten_config, setting_differences
 from alignkit.data.batch import PairBatch
 from alignkit.data.seeding import derived_generator
 from alignkit.durable import publish
@@ -108,11 +108,7 @@ def claim_folder(folder: Path, settings: dict[str, Any]) -> None:
         raise ValueError(
             f"{file} is unreadable ({err}); delete {folder} to compute its errors again"
         ) from None
-    changed = [
-        f"{key}: {stored.get(key)!r} -> {settings.get(key)!r}"
-        for key in sorted(set(stored) | set(settings))
-        if stored.get(key) != settings.get(key)
-    ]
+    changed = setting_differences(stored, settings)
     if changed:
         shown = "; ".join(changed[:4]) + ("; ..." if len(changed) > 4 else "")
         raise ValueError(
