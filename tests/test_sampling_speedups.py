@@ -334,3 +334,12 @@ def test_switched_off_or_compiled_the_layers_are_left_alone():
     backbone.unet_forward = compiled(backbone.unet, "aot_eager")
     with backbone.sampling():
         assert "forward" not in conv.__dict__ and "forward" not in projection.__dict__
+
+
+@needs_onednn
+def test_the_vae_encoder_keeps_its_layers_for_prefetch_threads():
+    """Threads encoding images meanwhile (data.cache=false) must get the same latents."""
+    backbone = tiny_backbone()
+    with backbone.sampling():
+        assert "forward" in backbone.vae.decoder.conv_in.__dict__
+        assert "forward" not in backbone.vae.encoder.conv_in.__dict__

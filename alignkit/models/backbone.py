@@ -122,8 +122,8 @@ class Backbone:
     @contextmanager
     def sampling(self) -> Iterator[None]:
         """Wrap a sampling loop: the text's cross-attention keys and values are computed
-        once, and on the CPU the UNets' and VAE's convolution and linear weights are
-        reordered for oneDNN once, not at every call (docs/performance.md, "Sampling").
+        once, and on the CPU the UNets' and the VAE decoder's convolution and linear weights
+        are reordered for oneDNN once, not at every call (docs/performance.md, "Sampling").
         Results are the plain calls' up to float rounding; calls with gradients, a
         compiled policy (``trainer.compile``) and ``model.sampling_speedups=false`` run as
         usual."""
@@ -131,8 +131,11 @@ class Backbone:
             yield  # (a compiled policy would recompile for the swapped layer forwards)
             return
         unets = [self.unet] if self.reference_unet is None else [self.unet, self.reference_unet]
+        # the decoder only: prefetch threads may encode images meanwhile (data.cache=false),
+        # and their latents must not depend on whether a loop was running
+        decoding = [m for m in (self.vae.post_quant_conv, self.vae.decoder) if m is not None]
         # the reuse wraps the packed projections, so a repeated text input skips both
-        with prepacked_weights([*unets, self.vae]), reused_text_key_values(unets):
+        with prepacked_weights([*unets, *decoding]), reused_text_key_values(unets):
             yield
 
     # -- frozen encoders -------------------------------------------------------------------

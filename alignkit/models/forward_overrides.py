@@ -1,6 +1,6 @@
 """Swap a module's ``forward`` for the duration of a block, leaving its class and state alone.
 
-The sampling speedups (``prepacked_convolutions``, ``reused_text_key_values``) route a layer's
+The sampling speedups (``prepacked_weights``, ``reused_text_key_values``) route a layer's
 call through a wrapper while a sampling loop runs. Setting ``forward`` on the instance keeps
 the module tree, the state dict and every other caller untouched, and restoring it puts back
 whatever instance-level ``forward`` was there before (accelerate's hooks set one).
