@@ -39,16 +39,21 @@ def _one_thread():
 # -- prepacked convolutions ------------------------------------------------------------------
 
 
-def _count_reorders(monkeypatch) -> list[int]:
+def _count_calls(monkeypatch, owner: object, name: str) -> list[int]:
+    """Count the calls of ``owner.name`` (a weight-packing op) for the rest of the test."""
     calls = [0]
-    reorder = torch._C._nn.mkldnn_reorder_conv2d_weight
+    original = getattr(owner, name)
 
     def counted(*args):
         calls[0] += 1
-        return reorder(*args)
+        return original(*args)
 
-    monkeypatch.setattr(torch._C._nn, "mkldnn_reorder_conv2d_weight", counted)
+    monkeypatch.setattr(owner, name, counted)
     return calls
+
+
+def _count_reorders(monkeypatch) -> list[int]:
+    return _count_calls(monkeypatch, torch._C._nn, "mkldnn_reorder_conv2d_weight")
 
 
 @needs_onednn
@@ -105,15 +110,7 @@ def test_gradients_take_the_plain_convolution(monkeypatch):
 
 
 def _count_linear_packs(monkeypatch) -> list[int]:
-    calls = [0]
-    reorder = torch.ops.mkldnn._reorder_linear_weight
-
-    def counted(*args):
-        calls[0] += 1
-        return reorder(*args)
-
-    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_linear_weight", counted)
-    return calls
+    return _count_calls(monkeypatch, torch.ops.mkldnn, "_reorder_linear_weight")
 
 
 @needs_onednn
