@@ -2,8 +2,8 @@
 
 Eager PyTorch hands oneDNN each weight in PyTorch's plain layout, and oneDNN reorders it into
 its blocked layout on every call (MKL likewise repacks a linear layer's weight for every
-product). At the tiny world's sizes (a 64 px image is an 8x8 latent, 2x2 and 1x1 at the
-UNet's bottom) that costs as much as the arithmetic itself. A sampling loop calls the same
+product). At small sizes (a 64 px image is an 8x8 latent, 2x2 and 1x1 at the UNet's
+bottom) that costs as much as the arithmetic itself. A sampling loop calls the same
 frozen weights at the same shapes many times, so each weight is reordered once per input
 shape and kept: what inductor's freezing pass does, without its minutes of compilation. A
 LoRA layer becomes one product with ``W + scale B A`` packed, while its adapter is on.

@@ -6,7 +6,8 @@ While the loop runs, each projection keeps its last input and output and returns
 again when called with the very same input tensor, unchanged since, with the same weights
 and the same adapters switched on (switching a LoRA adapter off for the reference model
 computes the keys again). What this saves is largest when the text is long next to the
-image (77 tokens against a 64-token 8x8 latent in the tiny world) and small at 512 px and up.
+image (77 tokens against the 64 positions of an 8x8 latent, a 64 px image) and small at 512 px
+and up.
 
 Gradients and tracing by torch.compile take the projection's own forward.
 """
