@@ -56,6 +56,10 @@ def _count_reorders(monkeypatch) -> list[int]:
     return _count_calls(monkeypatch, torch._C._nn, "mkldnn_reorder_conv2d_weight")
 
 
+def _count_linear_packs(monkeypatch) -> list[int]:
+    return _count_calls(monkeypatch, torch.ops.mkldnn, "_reorder_linear_weight")
+
+
 @needs_onednn
 @pytest.mark.parametrize(
     "conv",
@@ -84,6 +88,22 @@ def test_prepacked_convolution_equals_the_plain_one_and_packs_once_per_shape(con
 
 
 @needs_onednn
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_convolution_over_a_2x2_or_1x1_map_is_one_packed_product(channels_last, monkeypatch):
+    conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    maps = [torch.randn(4, 8, s, s).contiguous(memory_format=layout) for s in (2, 1)]
+    with torch.no_grad():
+        expected = [conv(x) for x in maps]
+    reorders, packs = _count_reorders(monkeypatch), _count_linear_packs(monkeypatch)
+    with torch.no_grad(), prepacked_weights([conv]):
+        got = [conv(x) for x in maps + maps]
+    assert reorders[0] == 0 and packs[0] == 2  # one dense matrix per map size
+    for out, want in zip(got, expected + expected):
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+
+
+@needs_onednn
 def test_a_weight_changed_in_place_is_packed_again(monkeypatch):
     conv = torch.nn.Conv2d(4, 4, 3, padding=1)
     x = torch.randn(1, 4, 5, 5)
@@ -107,10 +127,6 @@ def test_gradients_take_the_plain_convolution(monkeypatch):
         conv(x).square().sum().backward()
     assert reorders[0] == 0
     assert conv.weight.grad is not None and x.grad is not None
-
-
-def _count_linear_packs(monkeypatch) -> list[int]:
-    return _count_calls(monkeypatch, torch.ops.mkldnn, "_reorder_linear_weight")
 
 
 @needs_onednn

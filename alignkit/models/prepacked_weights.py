@@ -6,7 +6,9 @@ product). At small sizes (a 64 px image is an 8x8 latent, 2x2 and 1x1 at the UNe
 bottom) that costs as much as the arithmetic itself. A sampling loop calls the same
 frozen weights at the same shapes many times, so each weight is reordered once per input
 shape and kept: what inductor's freezing pass does, without its minutes of compilation. A
-LoRA layer becomes one product with ``W + scale B A`` packed, while its adapter is on.
+LoRA layer becomes one product with ``W + scale B A`` packed, while its adapter is on. A
+convolution over a 2x2 or 1x1 map becomes one product with its dense matrix
+(``alignkit/models/convolution_matrix.py``), where oneDNN's convolution runs at half speed.
 Results equal the plain layers' up to float rounding (tests/test_sampling_speedups.py).
 
 Anything else takes the layer's own forward: gradients (DRTune's rollouts), tracing by
@@ -18,11 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 from peft.tuners.lora import Linear as LoRALinear
 
+from alignkit.models.convolution_matrix import convolution_matrix, dense_is_cheaper, output_size
 from alignkit.models.forward_overrides import forwards_wrapped
+
+Packed = TypeVar("Packed")
 
 
 def prepacking_available() -> bool:
@@ -68,20 +74,20 @@ class _PackedCopies:
 
     def __init__(self, layer: torch.nn.Module) -> None:
         self.parameters = list(layer.parameters())
-        self.copies: dict[Hashable, torch.Tensor] = {}
+        self.copies: dict[Hashable, object] = {}
         self.versions = self._versions()
 
     def _versions(self) -> list[int]:
         return [p._version for p in self.parameters]
 
-    def get(self, key: Hashable, pack: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def get(self, key: Hashable, pack: Callable[[], Packed]) -> Packed:
         versions = self._versions()
         if versions != self.versions:
             self.copies.clear()
             self.versions = versions
         if key not in self.copies:
             self.copies[key] = pack()
-        return self.copies[key]
+        return self.copies[key]  # type: ignore[return-value]
 
 
 def _linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -103,6 +109,8 @@ class _PrepackedConvolution:
         if x.dim() != 4 or not laid_out or not _runs_packed(x):
             return self.forward(x)
         conv = self.conv
+        if conv.groups == 1 and dense_is_cheaper(tuple(x.shape[2:]), conv.kernel_size):
+            return self._as_matrix(x)
         weight = self.packed.get(
             tuple(x.shape),
             lambda: torch._C._nn.mkldnn_reorder_conv2d_weight(
@@ -112,6 +120,23 @@ class _PrepackedConvolution:
         return torch.ops.mkldnn._convolution_pointwise(
             x, weight, conv.bias, *self.geometry, "none", [], ""
         )
+
+    def _as_matrix(self, x: torch.Tensor) -> torch.Tensor:
+        """A 2x2 or 1x1 map: one product with the convolution's dense matrix."""
+        conv = self.conv
+        batch, _, height, width = x.shape
+        geometry = (conv.padding, conv.stride, conv.dilation)
+        out_h, out_w = output_size((height, width), conv.kernel_size, *geometry)
+
+        def pack() -> tuple[torch.Tensor, torch.Tensor | None]:
+            dense = convolution_matrix(conv.weight.detach(), (height, width), *geometry)
+            bias = None if conv.bias is None else conv.bias.detach().repeat(out_h * out_w)
+            return torch.ops.mkldnn._reorder_linear_weight(dense, batch), bias
+
+        weight, bias = self.packed.get(("dense", *x.shape), pack)
+        channels_last = x.permute(0, 2, 3, 1).reshape(batch, -1)
+        out = _linear(channels_last, weight, bias)
+        return out.view(batch, out_h, out_w, conv.out_channels).permute(0, 3, 1, 2)
 
 
 class _PrepackedLinear:
