@@ -26,6 +26,7 @@ from alignkit.models.components import Components
 from alignkit.models.encoder import block_checkpointing_off, unet_encoder_features
 from alignkit.models.prepacked_weights import prepacked_weights
 from alignkit.models.schedule import add_noise, regression_target
+from alignkit.models.small_attention import small_attention
 from alignkit.models.text import encode_prompts, unet_conditioning
 from alignkit.models.text_key_values import reused_text_key_values
 
@@ -123,7 +124,8 @@ class Backbone:
     def sampling(self) -> Iterator[None]:
         """Wrap a sampling loop: the text's cross-attention keys and values are computed
         once, and on the CPU the UNets' and the VAE decoder's convolution and linear weights
-        are reordered for oneDNN once, not at every call (docs/performance.md, "Sampling").
+        are reordered for oneDNN once, not at every call, and attention over few tokens
+        writes its scores out (docs/performance.md, "Sampling").
         Results are the plain calls' up to float rounding; calls with gradients, a
         compiled policy (``trainer.compile``) and ``model.sampling_speedups=false`` run as
         usual."""
@@ -135,7 +137,11 @@ class Backbone:
         # and their latents must not depend on whether a loop was running
         decoding = [m for m in (self.vae.post_quant_conv, self.vae.decoder) if m is not None]
         # the reuse wraps the packed projections, so a repeated text input skips both
-        with prepacked_weights([*unets, *decoding]), reused_text_key_values(unets):
+        with (
+            prepacked_weights([*unets, *decoding]),
+            reused_text_key_values(unets),
+            small_attention(unets),
+        ):
             yield
 
     # -- frozen encoders -------------------------------------------------------------------

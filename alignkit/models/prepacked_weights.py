@@ -59,7 +59,9 @@ def _packable(module: torch.nn.Module) -> bool:
     return type(module) is torch.nn.Linear and _plain_cpu_float32(module)
 
 
-def _runs_packed(x: torch.Tensor) -> bool:
+def plain_cpu_inference(x: torch.Tensor) -> bool:
+    """A float32 CPU call without gradients, outside torch.compile's tracing: the calls the
+    sampling speedups take over."""
     return (
         not torch.is_grad_enabled()
         and not torch.compiler.is_compiling()
@@ -106,7 +108,7 @@ class _PrepackedConvolution:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         laid_out = x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
-        if x.dim() != 4 or not laid_out or not _runs_packed(x):
+        if x.dim() != 4 or not laid_out or not plain_cpu_inference(x):
             return self.forward(x)
         conv = self.conv
         if conv.groups == 1 and dense_is_cheaper(tuple(x.shape[2:]), conv.kernel_size):
@@ -145,7 +147,7 @@ class _PrepackedLinear:
         self.packed = _PackedCopies(linear)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() < 2 or not x.is_contiguous() or not _runs_packed(x):
+        if x.dim() < 2 or not x.is_contiguous() or not plain_cpu_inference(x):
             return self.forward(x)
         linear = self.linear
         rows = x.numel() // x.shape[-1]
@@ -186,7 +188,7 @@ class _PrepackedLoRALinear:
     def __call__(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         names = self._adapters()
         plain_call = not args and not kwargs and x.dim() >= 2 and x.is_contiguous()
-        if names is None or not plain_call or not _runs_packed(x):
+        if names is None or not plain_call or not plain_cpu_inference(x):
             return self.forward(x, *args, **kwargs)
         rows = x.numel() // x.shape[-1]
         weight = self.packed.get(
