@@ -127,15 +127,15 @@ class _PrepackedConvolution:
         """A 2x2 or 1x1 map: one product with the convolution's dense matrix."""
         conv = self.conv
         batch, _, height, width = x.shape
-        geometry = (conv.padding, conv.stride, conv.dilation)
-        out_h, out_w = output_size((height, width), conv.kernel_size, *geometry)
 
-        def pack() -> tuple[torch.Tensor, torch.Tensor | None]:
+        def pack() -> tuple[torch.Tensor, torch.Tensor | None, int, int]:
+            geometry = (conv.padding, conv.stride, conv.dilation)
+            out_h, out_w = output_size((height, width), conv.kernel_size, *geometry)
             dense = convolution_matrix(conv.weight.detach(), (height, width), *geometry)
             bias = None if conv.bias is None else conv.bias.detach().repeat(out_h * out_w)
-            return torch.ops.mkldnn._reorder_linear_weight(dense, batch), bias
+            return torch.ops.mkldnn._reorder_linear_weight(dense, batch), bias, out_h, out_w
 
-        weight, bias = self.packed.get(("dense", *x.shape), pack)
+        weight, bias, out_h, out_w = self.packed.get(("dense", *x.shape), pack)
         channels_last = x.permute(0, 2, 3, 1).reshape(batch, -1)
         out = _linear(channels_last, weight, bias)
         return out.view(batch, out_h, out_w, conv.out_channels).permute(0, 3, 1, 2)
