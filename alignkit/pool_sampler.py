@@ -26,6 +26,7 @@ from alignkit.models import Backbone
 from alignkit.models.text import default_micro_cond
 from alignkit.sampling import (
     DDIMSchedule,
+    ddim_sigma,
     ddim_step,
     guided_prediction,
     latent_shape,
@@ -162,6 +163,13 @@ class PoolSampler:
             x, x0, eps, s.alpha_t[step], s.alpha_prev[step], self.cfg.eta, generator
         ).x_prev
 
+    def _stochastic(self, step: int) -> bool:
+        """Whether the step draws noise. One landing on ``alpha = 1`` (the last step of a
+        ``set_alpha_to_one`` scheduler) has ``sigma = 0``: it has no log-probability to train,
+        so it never enters a pair."""
+        s = self.schedule
+        return bool(ddim_sigma(s.alpha_t[step], s.alpha_prev[step], self.cfg.eta) > 0)
+
     def _score(self, x0: torch.Tensor, prompts: list[str], timestep: int) -> torch.Tensor:
         images = self.backbone.decode_latents(x0)
         timesteps = torch.full((x0.shape[0],), timestep, dtype=torch.long)
@@ -219,7 +227,8 @@ class PoolSampler:
             chunk_moves = []
             for inner in chunk:
                 nxt = self._step(cand, cand_x0, cand_eps, inner, generator)
-                chunk_moves.append((cand, nxt, inner))
+                if self._stochastic(inner):
+                    chunk_moves.append((cand, nxt, inner))
                 cand = nxt
                 if inner + 1 < steps:
                     cand_x0, cand_eps = self._predict(cand, inner + 1, *pooled)
@@ -231,7 +240,7 @@ class PoolSampler:
             scores = self._score(cand_x0, pooled_prompts, score_t).reshape(k, batch)
             all_scores.append(scores.flatten())
             best_worst, keep = select_pairs(scores, cfg.threshold)
-            if keep.any():
+            if keep.any() and chunk_moves:
                 pairs.append(self._collect(chunk_moves, best_worst, keep, cond, micro_one))
             chosen = resample(k, batch, generator)
             rows = (chosen * batch + torch.arange(batch)).to(device)

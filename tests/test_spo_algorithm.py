@@ -97,6 +97,21 @@ def test_spo_loss_updates_the_lora_and_reports_ratios():
     assert grads and any(g.abs().sum() > 0 for g in grads)
 
 
+def test_a_last_step_without_noise_never_enters_a_pair():
+    # the tiny scheduler lands on alpha = 1 (set_alpha_to_one): the last step has sigma = 0 and
+    # no log-probability. Chunks (1, 2) and (3, 4): the last chunk separates at step 3, and
+    # its step 4 must stay out of the pairs, or the loss is NaN.
+    backbone = tiny_backbone()
+    algo = _spo_config(steps=5, num_inner_steps=1, threshold=-1.0, train_batch_size=64)
+    algorithm = build_algorithm(algo, backbone)
+    schedule = algorithm.sampler.schedule
+    assert schedule.alpha_prev[-1] == 1
+    batch = PromptBatches(PROMPTS, 2, seed=0).batch(0)
+    loss, metrics = algorithm.loss(batch, torch.Generator().manual_seed(0))
+    assert metrics["pairs"] == 2 * 3  # steps 1, 2 and 3 for each prompt
+    assert torch.isfinite(loss)
+
+
 def test_spo_refuses_a_deterministic_sampler():
     with pytest.raises(ValueError, match="eta"):
         build_algorithm(_spo_config(eta=0.0), tiny_backbone())

@@ -206,11 +206,13 @@ def test_sdxl_inner_steps_pair_every_transition_of_the_chunks():
     )
     assert len(calls) == cfg.steps
     t = result.transitions
-    # chunks (1, 2, 3) and (4, 5): 5 pooled steps, one pair per prompt each (the last chunk
-    # still separates: its first step is noisy even though its last one is not)
-    assert len(t) == len(PROMPTS) * 5
+    # chunks (1, 2, 3) and (4, 5): the last chunk still separates (its first step is noisy),
+    # but its step 5 lands on alpha = 1 with sigma = 0 here: no log-probability, no pair. So
+    # steps 1-4, one pair per prompt each
+    assert pool_final_sigma(backbone, cfg) == 0
+    assert len(t) == len(PROMPTS) * 4
     assert sorted(t.timesteps.tolist()) == sorted(
-        [int(s) for s in PoolSampler(backbone, None, cfg).schedule.timesteps[1:]] * 2
+        [int(s) for s in PoolSampler(backbone, None, cfg).schedule.timesteps[1:5]] * 2
     )
     first = t.timesteps == t.timesteps.max()
     torch.testing.assert_close(t.x_t_w[first], t.x_t_l[first])  # a chunk starts shared
@@ -231,7 +233,8 @@ def test_sdxl_recipe_chunks_are_four_steps_scored_where_the_authors_score():
     result = pool.sample(PROMPTS, torch.Generator().manual_seed(0))
     timesteps = [int(t) for t in pool.schedule.timesteps]
     assert [int(t[0]) for t in scorer.seen] == [timesteps[8], timesteps[12], timesteps[16], 0]
-    assert sorted(set(result.transitions.timesteps.tolist()), reverse=True) == timesteps[4:]
+    # every step from 4 pairs up but the last, which lands on alpha = 1 here (no noise)
+    assert sorted(set(result.transitions.timesteps.tolist()), reverse=True) == timesteps[4:19]
     by_step = {timesteps[i]: i for i in range(20)}
     moves = result.transitions
     starts = [
