@@ -209,7 +209,8 @@ def ddim_step(
 @dataclass
 class Trajectory:
     """A sampled DDIM trajectory: ``latents[i]`` is the input of step i, ``latents[-1]`` the
-    result; ``log_probs[:, i]`` the log-density of step i (None for eta = 0)."""
+    result; ``log_probs[:, i]`` the log-density of step i (None for eta = 0; NaN for a step
+    without noise, the last one of a ``set_alpha_to_one`` scheduler, which has no density)."""
 
     latents: torch.Tensor  # [B, S+1, C, H, W]
     log_probs: torch.Tensor | None  # [B, S]
