@@ -98,8 +98,7 @@ def sample_latents(
         ):
             timesteps = t.repeat(2 * batch)
             out = backbone.predict(torch.cat([x, x]), timesteps, text, micro, reference=reference)
-            uncond, cond = out.chunk(2)
-            guided = uncond + guidance * (cond - uncond)
+            guided = guided_prediction(out, guidance)
             x0, eps = split_prediction(backbone.prediction_type, guided, x, alpha_t)
             x = ddim_mean(x0, eps, alpha_prev, torch.zeros(()))
     return x
